@@ -1,0 +1,411 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""End-to-end image verification: tag -> index -> every child manifest -> config -> every layer.
+
+Pure Python, no Ansible imports. Requests run on a bounded thread pool. Every unique
+(repository, digest) object is requested once per run however many images share it; chains
+from each tag to each broken object are rebuilt afterwards from the memoized graph, so a
+shared broken layer is reported under every image that needs it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import threading
+import typing as t
+from concurrent.futures import ThreadPoolExecutor
+
+from ._image_reference import ImageReference, is_digest
+from ._registry_client import (
+    INDEX_MEDIA_TYPES,
+    IMAGE_MEDIA_TYPES,
+    RegistryClient,
+    RegistryError,
+)
+
+BLOB_CHECK_MODES = ("head", "read")
+_MAX_INDEX_DEPTH = 4  # an index inside an index is legal; deeper nesting is garbage or a loop
+_ATTESTATION_TYPE = "attestation-manifest"
+
+
+class WalkError(Exception):
+    """The walk could not start (registry unreachable, credentials rejected, listing failed)."""
+
+
+class Child(t.NamedTuple):
+    digest: str
+    media_type: str
+    platform: str
+    kind: str  # "image", "attestation" or "index"
+
+
+class ImageResult(t.NamedTuple):
+    reference: str
+    repository: str
+    tag: t.Optional[str]
+    digest: t.Optional[str]
+    media_type: t.Optional[str]
+    ok: bool
+    children: t.List[Child]
+
+
+class BrokenObject(t.NamedTuple):
+    reference: str
+    chain: t.List[str]
+    object_type: str  # "manifest", "config" or "layer"
+    digest: t.Optional[str]
+    status: t.Optional[int]
+    error_code: t.Optional[str]
+    message: str
+
+
+class WalkSummary(t.NamedTuple):
+    images: int
+    broken_images: int
+    manifests: int
+    blobs: int
+    requests: int
+    broken_objects: int
+    foreign_layers: int
+
+
+class WalkResult(t.NamedTuple):
+    ok: bool
+    summary: WalkSummary
+    images: t.List[ImageResult]
+    broken: t.List[BrokenObject]
+
+
+class _Edge(t.NamedTuple):
+    key: t.Tuple[str, str, str]
+    object_type: str  # manifest | config | layer
+    label: str  # how the message names it: "child manifest", "attestation manifest", "layer blob"...
+    child: t.Optional[Child]
+
+
+class _Node:
+    """What one request found: the object's own problem (if any) and the objects it points to."""
+
+    __slots__ = ("what", "digest", "media_type", "problem", "edges", "skipped_foreign")
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # how messages name it: "manifest", "child manifest sha256:..", "layer blob sha256:.."
+        self.digest: t.Optional[str] = None
+        self.media_type: t.Optional[str] = None
+        self.problem: t.Optional[RegistryError] = None
+        self.edges: t.List[_Edge] = []
+        self.skipped_foreign = 0
+
+
+def platform_string(platform: t.Any) -> str:
+    if not isinstance(platform, dict):
+        return "unknown/unknown"
+    text = f"{platform.get('os') or 'unknown'}/{platform.get('architecture') or 'unknown'}"
+    if platform.get("variant"):
+        text += f"/{platform['variant']}"
+    return text
+
+
+def _platform_selected(platform: str, wanted: t.Sequence[str]) -> bool:
+    # "linux/arm64" selects linux/arm64/v8 too; "linux/arm/v7" selects only that variant.
+    return any(platform == want or platform.startswith(want.rstrip("/") + "/") for want in wanted)
+
+
+class ManifestWalker:
+    """Verifies images against one registry. Create one per run: its memo is the run's dedup."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        concurrency: int = 8,
+        blob_check: str = "head",
+        platforms: t.Optional[t.Sequence[str]] = None,
+        descend: bool = True,
+    ):
+        if blob_check not in BLOB_CHECK_MODES:
+            raise ValueError(f"blob_check must be one of {', '.join(BLOB_CHECK_MODES)}, not {blob_check!r}.")
+        self.client = client
+        self.concurrency = max(1, int(concurrency))
+        self.blob_check = blob_check
+        self.platforms = [p.strip().lower() for p in platforms or [] if p and p.strip()]
+        # descend=False checks only the tagged manifests: a pull-through mirror fetches children lazily,
+        # so asking for them would trigger upstream pulls rather than verify anything.
+        self.descend = descend
+        self._nodes: t.Dict[t.Tuple[str, str, str], _Node] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending = 0
+        self._pool: t.Optional[ThreadPoolExecutor] = None
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    def _schedule(
+        self, key: t.Tuple[str, str, str], what: str, depth: int = 0, expected_size: t.Optional[int] = None
+    ) -> None:
+        with self._lock:
+            if key in self._nodes:
+                return  # already requested (or in flight) in this run
+            self._nodes[key] = _Node(what)
+            self._pending += 1
+        assert self._pool is not None
+        self._pool.submit(self._run, key, depth, expected_size)
+
+    def _run(self, key: t.Tuple[str, str, str], depth: int, expected_size: t.Optional[int]) -> None:
+        node = self._nodes[key]
+        try:
+            if key[0] == "blob":
+                self._check_blob(node, key[1], key[2], expected_size)
+            else:
+                self._fetch_manifest(node, key[1], key[2], depth)
+        except RegistryError as exc:
+            node.problem = exc
+        except Exception as exc:  # a bug or a library surprise must not hang the run or lose the object
+            node.problem = RegistryError(f"{node.what} could not be checked ({type(exc).__name__}).")
+        finally:
+            with self._idle:
+                self._pending -= 1
+                if not self._pending:
+                    self._idle.notify_all()
+
+    def _wait_idle(self) -> None:
+        with self._idle:
+            while self._pending:
+                self._idle.wait()
+
+    # -- one object -----------------------------------------------------------------------------
+
+    def _check_blob(self, node: _Node, repository: str, digest: str, expected_size: t.Optional[int]) -> None:
+        node.digest = digest
+        check = self.client.check_blob(repository, digest, self.blob_check, what=node.what)
+        if expected_size is not None and check.size is not None and check.size != expected_size:
+            node.problem = RegistryError(
+                f"{node.what} is {check.size} bytes, but the manifest says {expected_size}.", status=check.status
+            )
+
+    def _fetch_manifest(self, node: _Node, repository: str, reference: str, depth: int) -> None:
+        if not self.descend and depth == 0:
+            # Mirror mode: a HEAD proves the tag resolves without making the mirror fetch anything else.
+            _, digest = self.client.head_manifest(repository, reference, what=node.what)
+            node.digest = digest or (reference if is_digest(reference) else None)
+            return
+        manifest = self.client.get_manifest(repository, reference, what=node.what)
+        node.digest = manifest.digest
+        node.media_type = manifest.media_type
+        if not is_digest(reference):
+            # A tag and its digest are the same object: a later request by digest reuses this node.
+            with self._lock:
+                self._nodes.setdefault(("manifest", repository, manifest.digest), node)
+        document = manifest.document
+        if manifest.media_type in INDEX_MEDIA_TYPES:
+            if depth >= _MAX_INDEX_DEPTH:
+                node.problem = RegistryError(f"{node.what} nests indexes deeper than {_MAX_INDEX_DEPTH}.", 200)
+                return
+            self._index_edges(node, repository, document, depth)
+        elif manifest.media_type in IMAGE_MEDIA_TYPES:
+            self._image_edges(node, repository, document)
+        else:
+            node.problem = RegistryError(
+                f"{node.what} has the unsupported media type {manifest.media_type or 'none'!r}.",
+                status=200,
+            )
+
+    def _index_edges(self, node: _Node, repository: str, document: t.Dict[str, t.Any], depth: int) -> None:
+        entries = document.get("manifests")
+        if not isinstance(entries, list):
+            node.problem = RegistryError(f"{node.what} is an index without a manifests list.", status=200)
+            return
+        descriptors = [entry for entry in entries if isinstance(entry, dict)]
+        if len(descriptors) != len(entries) or not all(is_digest(str(d.get("digest", ""))) for d in descriptors):
+            node.problem = RegistryError(f"{node.what} lists a child without a valid digest.", status=200)
+            return
+        selected_digests: t.Set[str] = set()
+        for entry in descriptors:
+            platform = platform_string(entry.get("platform"))
+            if self._is_attestation(entry):
+                continue
+            if not self.platforms or _platform_selected(platform, self.platforms):
+                selected_digests.add(entry["digest"])
+        for entry in descriptors:
+            digest = entry["digest"]
+            media_type = str(entry.get("mediaType") or "")
+            platform = platform_string(entry.get("platform"))
+            if self._is_attestation(entry):
+                annotations = entry.get("annotations") or {}
+                subject = annotations.get("vnd.docker.reference.digest") if isinstance(annotations, dict) else None
+                if self.platforms and subject not in selected_digests:
+                    continue
+                kind, label = "attestation", "attestation manifest"
+            elif digest in selected_digests:
+                kind = "index" if media_type in INDEX_MEDIA_TYPES else "image"
+                label = "child index" if kind == "index" else "child manifest"
+            else:
+                continue
+            child = Child(digest, media_type, platform, kind)
+            key = ("manifest", repository, digest)
+            node.edges.append(_Edge(key, "manifest", label, child))
+            self._schedule(key, f"{label} {digest}", depth + 1)
+
+    @staticmethod
+    def _is_attestation(entry: t.Dict[str, t.Any]) -> bool:
+        annotations = entry.get("annotations")
+        if isinstance(annotations, dict) and annotations.get("vnd.docker.reference.type") == _ATTESTATION_TYPE:
+            return True
+        return platform_string(entry.get("platform")) == "unknown/unknown"
+
+    def _image_edges(self, node: _Node, repository: str, document: t.Dict[str, t.Any]) -> None:
+        config = document.get("config")
+        layers = document.get("layers")
+        if not isinstance(config, dict) or not is_digest(str(config.get("digest", ""))) or not isinstance(layers, list):
+            node.problem = RegistryError(f"{node.what} has no valid config and layers.", status=200)
+            return
+        blobs = [("config", "config blob", config)]
+        for layer in layers:
+            if not isinstance(layer, dict) or not is_digest(str(layer.get("digest", ""))):
+                node.problem = RegistryError(f"{node.what} lists a layer without a valid digest.", 200)
+                return
+            if layer.get("urls"):
+                # Foreign (non-distributable) layers live elsewhere by design; the registry never had them.
+                node.skipped_foreign += 1
+                continue
+            blobs.append(("layer", "layer blob", layer))
+        for object_type, label, descriptor in blobs:
+            key = ("blob", repository, descriptor["digest"])
+            node.edges.append(_Edge(key, object_type, label, None))
+            size = descriptor.get("size")
+            size = size if isinstance(size, int) else None
+            self._schedule(key, f"{label} {descriptor['digest']}", expected_size=size)
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def verify(self, images: t.Sequence[ImageReference]) -> WalkResult:
+        """Verify explicit images. Raises WalkError when the registry cannot be used at all."""
+        self._start()
+        try:
+            for image in images:
+                self._schedule(("manifest", image.repository, image.reference), "manifest")
+            self._wait_idle()
+        finally:
+            self._stop()
+        return self._result(images)
+
+    def verify_catalog(self, repository_patterns: t.Optional[t.Sequence[str]] = None) -> WalkResult:
+        """Verify every tag of every repository (optionally only repositories matching fnmatch patterns)."""
+        self._start()
+        images: t.List[ImageReference] = []
+        try:
+            try:
+                repositories = self.client.list_repositories()
+            except RegistryError as exc:
+                raise WalkError(exc.message) from None
+            if repository_patterns:
+                repositories = [
+                    name for name in repositories if any(fnmatch.fnmatchcase(name, p) for p in repository_patterns)
+                ]
+            assert self._pool is not None
+            # Tag lists come in parallel; each repository's tags are walked as soon as they arrive.
+            listings = {name: self._pool.submit(self.client.list_tags, name) for name in sorted(set(repositories))}
+            errors = []
+            for name, future in listings.items():
+                try:
+                    tags = future.result()
+                except RegistryError as exc:
+                    errors.append(exc.message)
+                    continue
+                for tag in sorted(set(tags)):
+                    image = ImageReference(name, tag, None)
+                    images.append(image)
+                    self._schedule(("manifest", name, tag), "manifest")
+            self._wait_idle()
+        finally:
+            self._stop()
+        if errors:
+            more = f" (and {len(errors) - 1} more tag lists failed)" if len(errors) > 1 else ""
+            raise WalkError(errors[0].rstrip(".") + more + ".")
+        return self._result(images)
+
+    def _start(self) -> None:
+        try:
+            self.client.ping()
+        except RegistryError as exc:
+            raise WalkError(exc.message) from None
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="registry-walk")
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _result(self, images: t.Sequence[ImageReference]) -> WalkResult:
+        results: t.List[ImageResult] = []
+        broken: t.List[BrokenObject] = []
+        broken_keys: t.Set[t.Tuple[str, str, str]] = set()
+        for image in images:
+            reference = str(image)
+            root_key = ("manifest", image.repository, image.reference)
+            root = self._nodes[root_key]
+            image_broken = self._collect(reference, root_key, "manifest", [reference], broken, broken_keys,
+                                         frozenset())
+            children = [edge.child for edge in root.edges if edge.child is not None]
+            results.append(ImageResult(
+                reference=reference,
+                repository=image.repository,
+                tag=image.tag,
+                digest=root.digest or image.digest,
+                media_type=root.media_type,
+                ok=not image_broken,
+                children=children,
+            ))
+        manifests = sum(1 for key, node in self._unique_nodes() if key[0] == "manifest")
+        blobs = sum(1 for key, node in self._unique_nodes() if key[0] == "blob")
+        foreign = sum(node.skipped_foreign for _, node in self._unique_nodes())
+        summary = WalkSummary(
+            images=len(results),
+            broken_images=sum(1 for result in results if not result.ok),
+            manifests=manifests,
+            blobs=blobs,
+            requests=self.client.request_count,
+            broken_objects=len(broken_keys),
+            foreign_layers=foreign,
+        )
+        return WalkResult(ok=not broken, summary=summary, images=results, broken=broken)
+
+    def _unique_nodes(self) -> t.Iterator[t.Tuple[t.Tuple[str, str, str], _Node]]:
+        seen: t.Set[int] = set()
+        for key, node in self._nodes.items():
+            if id(node) not in seen:
+                seen.add(id(node))
+                yield key, node
+
+    def _collect(
+        self,
+        reference: str,
+        key: t.Tuple[str, str, str],
+        object_type: str,
+        chain_prefix: t.List[str],
+        broken: t.List[BrokenObject],
+        broken_keys: t.Set[t.Tuple[str, str, str]],
+        visiting: t.FrozenSet[t.Tuple[str, str, str]],
+    ) -> bool:
+        """Append every broken object under key with its chain from the tag; True when any is broken."""
+        node = self._nodes[key]
+        digest = node.digest or (key[2] if is_digest(key[2]) else None)
+        chain = chain_prefix + [digest] if digest else list(chain_prefix)
+        if node.problem is not None:
+            broken.append(BrokenObject(
+                reference=reference,
+                chain=chain,
+                object_type=object_type,
+                digest=digest,
+                status=node.problem.status,
+                error_code=node.problem.error_code,
+                message=f"{reference}: {node.problem.message}",
+            ))
+            broken_keys.add((key[0], key[1], digest or key[2]))
+            return True
+        if key in visiting:  # content addressing makes cycles impossible; garbage must not recurse forever
+            return False
+        any_broken = False
+        for edge in node.edges:
+            if self._collect(reference, edge.key, edge.object_type, chain, broken, broken_keys, visiting | {key}):
+                any_broken = True
+        return any_broken

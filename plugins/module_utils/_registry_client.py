@@ -1,0 +1,609 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""HTTP client for a CNCF distribution registry (v2 API).
+
+Pure Python over ``requests``; no Ansible imports. Every failure is a ``RegistryError`` whose
+message is one sentence naming the object, carrying the HTTP status and the registry's error code.
+Credentials live only in this object's private attributes: never in a message, repr or log line.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import json
+import re
+import threading
+import time
+import typing as t
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+INDEX_MEDIA_TYPES = frozenset((OCI_INDEX, DOCKER_MANIFEST_LIST))
+IMAGE_MEDIA_TYPES = frozenset((OCI_MANIFEST, DOCKER_MANIFEST))
+# An OCI manifest is answered 404 unless its exact type is in Accept, so all four always go.
+MANIFEST_ACCEPT = ", ".join((OCI_INDEX, OCI_MANIFEST, DOCKER_MANIFEST_LIST, DOCKER_MANIFEST))
+
+# The registry itself refuses manifests above 4 MiB; anything larger is not a manifest.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Listings are JSON arrays of names; a page this large is garbage, not a catalog.
+MAX_LISTING_BYTES = 64 * 1024 * 1024
+CATALOG_PAGE_SIZE = 1000  # the registry's catalog.maxentries default; larger pages answer 400
+CATALOG_SCOPE = "registry:catalog:*"
+RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
+REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
+DEFAULT_TOKEN_LIFETIME = 60  # seconds, when the token service omits expires_in
+_TOKEN_MARGIN = 5  # renew this many seconds before expiry so a token never dies in flight
+_MAX_PAGES = 100000
+_SUPPORTED_DIGESTS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+
+
+class RegistryError(Exception):
+    """One failed registry operation: a one-sentence message, the HTTP status and the error code."""
+
+    def __init__(self, message: str, status: t.Optional[int] = None, error_code: t.Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_code = error_code
+
+
+class Manifest(t.NamedTuple):
+    """A manifest as served: body bytes (hash-checked), media type and the digest of the body."""
+
+    repository: str
+    reference: str
+    media_type: str
+    digest: str
+    body: bytes
+    document: t.Dict[str, t.Any]
+
+
+class BlobCheck(t.NamedTuple):
+    """A blob that answered as present: its status (200, 206 or a redirect) and size if given."""
+
+    status: int
+    size: t.Optional[int]
+    redirected: bool
+
+
+def compute_digest(body: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{_SUPPORTED_DIGESTS[algorithm](body).hexdigest()}"
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The useful end of a requests/urllib3 error, without URLs or nested reprs."""
+    text = str(exc)
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("Name or service not known", "host name not found"),
+        ("Temporary failure in name resolution", "host name not found"),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network unreachable"),
+        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
+        ("certificate verify failed", "TLS certificate verification failed"),
+        ("WRONG_VERSION_NUMBER", "TLS handshake failed (is it plain HTTP?)"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "the server closed the connection"),
+        ("IncompleteRead", "the answer was cut short"),
+    ):
+        if needle in text:
+            return reason
+    if isinstance(exc, requests.Timeout):
+        return "timed out"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    return type(exc).__name__
+
+
+def _parse_challenge(header: str) -> t.Tuple[str, t.Dict[str, str]]:
+    """Split ``Bearer realm="...",service="...",scope="..."`` into scheme and parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {key.lower(): value for key, value in re.findall(r'(\w+)="([^"]*)"', rest)}
+    return scheme.lower(), params
+
+
+def _retry_after_seconds(value: t.Optional[str]) -> t.Optional[float]:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when.timestamp() - time.time()
+
+
+def _error_code(response: requests.Response) -> t.Optional[str]:
+    """The registry's first error code (``{"errors":[{"code":"MANIFEST_UNKNOWN",...}]}``), if any."""
+    try:
+        errors = response.json().get("errors")
+        return str(errors[0]["code"]) if errors else None
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _manifest_name(repository: str, reference: str) -> str:
+    return f"manifest {repository}@{reference}" if ":" in reference else f"manifest {repository}:{reference}"
+
+
+class _Token(t.NamedTuple):
+    value: str
+    expires_at: float
+
+
+class RegistryClient:
+    """Talks to one registry. Thread-safe: one pooled session shared by every worker thread."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: t.Optional[str] = None,
+        password: t.Optional[str] = None,
+        verify: t.Union[bool, str] = True,
+        timeout: float = 30.0,
+        pool_size: int = 8,
+        retries: int = 3,
+        backoff: float = 0.25,
+        max_retry_after: float = 10.0,
+        user_agent: str = "selfhosted.registry",
+    ):
+        parts = urlsplit(base_url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise RegistryError(f"Registry URL {base_url!r} is not an http:// or https:// URL with a host.")
+        if parts.username or parts.password:
+            # Never echo the URL here: it holds a secret.
+            raise RegistryError("The registry URL must not contain credentials; use username and password.")
+        self.base_url = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.netloc
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_retry_after = max_retry_after
+        self._username = username or None
+        self._password = password or None
+        self._verify = verify
+        self._session = requests.Session()
+        self._session.trust_env = False  # no netrc credentials or proxies picked up behind the user's back
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, pool_size), max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["User-Agent"] = user_agent
+        self._lock = threading.Lock()
+        self._scheme: t.Optional[str] = None  # "basic" or "bearer" once the registry has asked
+        self._challenge: t.Dict[str, str] = {}
+        self._tokens: t.Dict[str, _Token] = {}
+        self._token_locks: t.Dict[str, threading.Lock] = {}
+        self._request_count = 0
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.base_url!r})"
+
+    @property
+    def request_count(self) -> int:
+        """HTTP requests sent so far, retries and token requests included."""
+        return self._request_count
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+    # -- authentication -------------------------------------------------------------------------
+
+    def _basic_auth(self) -> t.Optional[t.Tuple[str, str]]:
+        if self._username is None:
+            return None
+        return (self._username, self._password or "")
+
+    def _token_for(self, scope: str) -> str:
+        with self._lock:
+            token = self._tokens.get(scope)
+            if token and token.expires_at > time.monotonic():
+                return token.value
+            scope_lock = self._token_locks.setdefault(scope, threading.Lock())
+        # One token request per scope even when many workers need it at the same moment.
+        with scope_lock:
+            with self._lock:
+                token = self._tokens.get(scope)
+                if token and token.expires_at > time.monotonic():
+                    return token.value
+            token = self._fetch_token(scope)
+            with self._lock:
+                self._tokens[scope] = token
+            return token.value
+
+    def _fetch_token(self, scope: str) -> _Token:
+        realm = self._challenge.get("realm")
+        if not realm or urlsplit(realm).scheme not in ("http", "https"):
+            raise RegistryError(f"Registry {self.host} asked for a bearer token without a usable realm.")
+        query = {}
+        if self._challenge.get("service"):
+            query["service"] = self._challenge["service"]
+        if scope:
+            query["scope"] = scope
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
+        what = f"the token service {urlsplit(realm).netloc}"
+        response = self._send("GET", url, what, auth=self._basic_auth())
+        try:
+            if response.status_code in (401, 403):
+                raise RegistryError(
+                    f"The token service {urlsplit(realm).netloc} rejected the credentials"
+                    f" (HTTP {response.status_code}).",
+                    status=response.status_code,
+                    error_code=_error_code(response),
+                )
+            if response.status_code != 200:
+                raise RegistryError(
+                    f"The token service {urlsplit(realm).netloc} answered HTTP {response.status_code}.",
+                    status=response.status_code,
+                    error_code=_error_code(response),
+                )
+            try:
+                payload = response.json()
+                value = payload.get("token") or payload.get("access_token")
+                lifetime = float(payload.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+            except (ValueError, AttributeError, TypeError):
+                value = None
+                lifetime = 0.0
+            if not isinstance(value, str) or not value:
+                raise RegistryError(f"The token service {urlsplit(realm).netloc} answered without a token.")
+        finally:
+            response.close()
+        lifetime = max(lifetime, 1.0)
+        return _Token(value, time.monotonic() + max(lifetime - _TOKEN_MARGIN, lifetime / 2))
+
+    def _auth_kwargs(self, scope: t.Optional[str]) -> t.Dict[str, t.Any]:
+        if self._scheme == "basic":
+            return {"auth": self._basic_auth()}
+        if self._scheme == "bearer":
+            return {"headers": {"Authorization": f"Bearer {self._token_for(scope or '')}"}}
+        return {}
+
+    def _learn_challenge(self, response: requests.Response, what: str) -> bool:
+        """Remember how the registry wants to be authenticated; False when nothing new was learned."""
+        scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
+        with self._lock:
+            if scheme == "basic":
+                if self._scheme == "basic" or self._username is None:
+                    return False
+                self._scheme = "basic"
+                return True
+            if scheme == "bearer":
+                if self._scheme == "bearer" and params.get("realm") == self._challenge.get("realm"):
+                    return False
+                self._scheme = "bearer"
+                self._challenge = params
+                self._tokens.clear()
+                return True
+        return False
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _send(self, method: str, url: str, what: str, **kwargs: t.Any) -> requests.Response:
+        """One request with retries for 408/429/5xx and connection errors; never follows redirects."""
+        kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("allow_redirects", False)
+        kwargs.setdefault("verify", self._verify)
+        attempt = 0
+        while True:
+            with self._lock:
+                self._request_count += 1
+            try:
+                response = self._session.request(method, url, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if isinstance(exc, requests.exceptions.SSLError) or attempt >= self.retries:
+                    raise RegistryError(
+                        f"Could not reach {what} at {urlsplit(url).netloc}: {_short_reason(exc)}."
+                    ) from None
+                self._sleep(attempt, None)
+                attempt += 1
+                continue
+            except requests.RequestException as exc:
+                raise RegistryError(f"Request for {what} failed: {_short_reason(exc)}.") from None
+            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                response.close()
+                self._sleep(attempt, retry_after)
+                attempt += 1
+                continue
+            return response
+
+    def _sleep(self, attempt: int, retry_after: t.Optional[float]) -> None:
+        delay = self.backoff * (2 ** attempt)
+        if retry_after is not None:
+            # The server knows best, within reason: a huge Retry-After must not stall the run.
+            delay = min(max(retry_after, 0.0), self.max_retry_after)
+        time.sleep(delay)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        scope: t.Optional[str],
+        headers: t.Optional[t.Dict[str, str]] = None,
+        stream: bool = False,
+        url: t.Optional[str] = None,
+    ) -> requests.Response:
+        """An authenticated request: answers a 401 challenge once, then returns whatever came back."""
+        target = url or self.base_url + path
+        for _ in range(2):
+            auth = self._auth_kwargs(scope)
+            merged = dict(headers or {})
+            merged.update(auth.pop("headers", {}))
+            response = self._send(method, target, what, headers=merged, stream=stream, **auth)
+            if response.status_code != 401:
+                return response
+            learned = self._learn_challenge(response, what)
+            if not learned:
+                break
+            response.close()
+        if self._scheme is None or (self._scheme == "basic" and self._username is None):
+            message = f"Registry {self.host} requires credentials for {what}."
+        elif self._username is None:
+            message = f"Registry {self.host} refused anonymous access to {what}."
+        else:
+            message = f"Registry {self.host} rejected the credentials for {what}."
+        code = _error_code(response)
+        response.close()
+        raise RegistryError(message, status=401, error_code=code)
+
+    def _fail(self, response: requests.Response, what: str) -> RegistryError:
+        code = _error_code(response) if response.request.method != "HEAD" else None
+        response.close()
+        detail = f"{response.status_code} {code}" if code else f"HTTP {response.status_code}"
+        return RegistryError(f"{what} answered {detail}.", status=response.status_code, error_code=code)
+
+    # -- API --------------------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check that the registry speaks the v2 API and accepts our credentials."""
+        what = f"the v2 API of {self.host}"
+        response = self.request("GET", "/v2/", what, scope=None)
+        try:
+            if response.status_code != 200:
+                raise self._fail(response, f"Registry {self.host}")
+            version = response.headers.get("Docker-Distribution-API-Version", "")
+            if version and not version.startswith("registry/2"):
+                raise RegistryError(f"Registry {self.host} does not speak the v2 API ({version}).")
+        finally:
+            response.close()
+
+    @staticmethod
+    def _repo_path(repository: str) -> str:
+        return "/v2/" + "/".join(quote(part, safe="") for part in repository.split("/"))
+
+    def get_manifest(self, repository: str, reference: str, what: str = "") -> Manifest:
+        """GET a manifest by tag or digest; the body is hash-checked against what was asked for."""
+        what = what or _manifest_name(repository, reference)
+        response = self.request(
+            "GET",
+            f"{self._repo_path(repository)}/manifests/{quote(reference, safe=':')}",
+            what,
+            scope=f"repository:{repository}:pull",
+            headers={"Accept": MANIFEST_ACCEPT},
+            stream=True,
+        )
+        try:
+            if response.status_code != 200:
+                raise self._fail(response, what)
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+                raise RegistryError(
+                    f"{what} is {int(declared)} bytes, larger than the {MAX_MANIFEST_BYTES // 1048576} MiB"
+                    " a registry accepts for a manifest.",
+                    status=200,
+                )
+            body = self._read_capped(response, MAX_MANIFEST_BYTES, what)
+            header_digest = response.headers.get("Docker-Content-Digest")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        finally:
+            response.close()
+
+        algorithm = reference.split(":", 1)[0] if ":" in reference else "sha256"
+        if algorithm not in _SUPPORTED_DIGESTS:
+            raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}.")
+        digest = compute_digest(body, algorithm)
+        if ":" in reference and digest != reference:
+            raise RegistryError(f"{what} has content whose digest is {digest}, not the one asked for.", 200)
+        if header_digest and header_digest.split(":", 1)[0] in _SUPPORTED_DIGESTS:
+            if compute_digest(body, header_digest.split(":", 1)[0]) != header_digest:
+                raise RegistryError(
+                    f"{what} has content whose digest is {digest}, but the registry claims {header_digest}.", 200
+                )
+        try:
+            document = json.loads(body)
+        except ValueError:
+            kind = content_type or "no content type"
+            raise RegistryError(f"{what} is not JSON ({kind}).", status=200) from None
+        if not isinstance(document, dict):
+            raise RegistryError(f"{what} is JSON but not a manifest object.", status=200)
+        media_type = document.get("mediaType") or content_type
+        if not isinstance(media_type, str):
+            media_type = content_type
+        return Manifest(repository, reference, media_type, digest, body, document)
+
+    def head_manifest(self, repository: str, reference: str, what: str = "") -> t.Tuple[int, t.Optional[str]]:
+        """HEAD a manifest (content is read by the registry, so this is reliable); returns status and digest."""
+        what = what or _manifest_name(repository, reference)
+        response = self.request(
+            "HEAD",
+            f"{self._repo_path(repository)}/manifests/{quote(reference, safe=':')}",
+            what,
+            scope=f"repository:{repository}:pull",
+            headers={"Accept": MANIFEST_ACCEPT},
+        )
+        response.close()
+        if response.status_code != 200:
+            raise self._error_with_body(repository, "manifests", reference, response, what)
+        return response.status_code, response.headers.get("Docker-Content-Digest")
+
+    def _error_with_body(
+        self, repository: str, kind: str, reference: str, head: requests.Response, what: str
+    ) -> RegistryError:
+        """A HEAD failure has no body; ask once more with GET so the error code can be reported."""
+        if head.status_code not in (404, 400, 403, 500):
+            return self._fail(head, what)
+        headers = {"Accept": MANIFEST_ACCEPT} if kind == "manifests" else {"Range": "bytes=0-0"}
+        response = self.request(
+            "GET",
+            f"{self._repo_path(repository)}/{kind}/{quote(reference, safe=':')}",
+            what,
+            scope=f"repository:{repository}:pull",
+            headers=headers,
+            stream=True,
+        )
+        if response.status_code in (200, 206):
+            response.close()
+            return RegistryError(f"{what} answered HTTP {head.status_code} to HEAD.", status=head.status_code)
+        return self._fail(response, what)
+
+    def check_blob(self, repository: str, digest: str, mode: str = "head", what: str = "") -> BlobCheck:
+        """Prove a blob is present: ``head`` asks for its headers, ``read`` fetches its first byte.
+
+        A redirect (object storage) proves presence in ``head`` mode and is not followed. In ``read``
+        mode it is followed without our Authorization header when it points to another origin.
+        """
+        what = what or f"blob {repository}@{digest}"
+        path = f"{self._repo_path(repository)}/blobs/{quote(digest, safe=':')}"
+        scope = f"repository:{repository}:pull"
+        if mode == "head":
+            response = self.request("HEAD", path, what, scope=scope)
+            response.close()
+            if response.status_code in REDIRECT_STATUSES:
+                return BlobCheck(response.status_code, None, True)
+            if response.status_code == 200:
+                length = response.headers.get("Content-Length")
+                return BlobCheck(200, int(length) if length and length.isdigit() else None, False)
+            raise self._error_with_body(repository, "blobs", digest, response, what)
+        if mode != "read":
+            raise RegistryError(f"Unknown blob check mode {mode!r}.")
+
+        response = self.request("GET", path, what, scope=scope, headers={"Range": "bytes=0-0"}, stream=True)
+        redirected = False
+        hops = 0
+        while response.status_code in REDIRECT_STATUSES and hops < 5:
+            location = response.headers.get("Location")
+            response.close()
+            if not location:
+                raise RegistryError(f"{what} answered a redirect without a location.", response.status_code)
+            target = urljoin(response.url, location)
+            redirected = True
+            hops += 1
+            same_origin = urlsplit(target)[:2] == urlsplit(self.base_url)[:2]
+            if same_origin:
+                response = self.request("GET", "", what, scope=scope, headers={"Range": "bytes=0-0"},
+                                        stream=True, url=target)
+            else:
+                # Another host (object storage): it gets a signed URL, never our credentials.
+                response = self._send("GET", target, what, headers={"Range": "bytes=0-0"}, stream=True)
+        try:
+            if response.status_code not in (200, 206):
+                raise self._fail(response, what)
+            try:
+                first = response.raw.read(1)
+            except Exception:  # urllib3 raises several types for a body cut short
+                first = b""
+            if not first:
+                # Seen after GC on a running registry: the blob-descriptor cache answers, the data is gone.
+                raise RegistryError(
+                    f"{what} answered {response.status_code} but sent no content"
+                    " (its data is gone while the registry's blob cache still lists it).",
+                    status=response.status_code,
+                )
+            length = None
+            content_range = response.headers.get("Content-Range", "")
+            if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+                length = int(content_range.rsplit("/", 1)[1])
+            elif response.status_code == 200 and (response.headers.get("Content-Length") or "").isdigit():
+                length = int(response.headers["Content-Length"])
+            return BlobCheck(response.status_code, length, redirected)
+        finally:
+            response.close()
+
+    @staticmethod
+    def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+        chunks = []
+        size = 0
+        try:
+            for chunk in response.iter_content(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise RegistryError(
+                        f"{what} is larger than the {limit // 1048576} MiB a registry accepts for a manifest.",
+                        status=response.status_code,
+                    )
+                chunks.append(chunk)
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"{what} could not be read completely ({_short_reason(exc)}).", status=response.status_code
+            ) from None
+        return b"".join(chunks)
+
+    def _paginate(self, first_path: str, key: str, what: str, scope: str) -> t.List[str]:
+        """Follow relative ``Link: <...>; rel="next"`` headers; stop on a loop or a foreign host."""
+        names: t.List[str] = []
+        url: t.Optional[str] = self.base_url + first_path
+        seen: t.Set[str] = set()
+        while url:
+            if url in seen or len(seen) >= _MAX_PAGES:
+                raise RegistryError(f"The {what} pagination of {self.host} loops back to a page already read.")
+            seen.add(url)
+            response = self.request("GET", "", what, scope=scope, url=url, stream=True,
+                                    headers={"Accept": "application/json"})
+            try:
+                if response.status_code != 200:
+                    raise self._fail(response, f"The {what} of {self.host}")
+                body = self._read_capped(response, MAX_LISTING_BYTES, f"The {what} of {self.host}")
+                link = response.headers.get("Link", "")
+            finally:
+                response.close()
+            try:
+                document = json.loads(body)
+                page = document.get(key) if isinstance(document, dict) else None
+                if page is None and not (isinstance(document, dict) and key in document):
+                    raise ValueError
+            except ValueError:
+                raise RegistryError(
+                    f"The {what} of {self.host} answered something that is not a JSON {key} list.", 200
+                ) from None
+            if page is None:
+                page = []  # 2.8.x answers "tags": null for a repository whose tags are all gone
+            if not isinstance(page, list) or not all(isinstance(name, str) for name in page):
+                raise RegistryError(f"The {what} of {self.host} lists {key} that are not names.", 200)
+            names.extend(page)
+            url = self._next_link(link, url, what)
+        return names
+
+    def _next_link(self, header: str, current: str, what: str) -> t.Optional[str]:
+        match = re.search(r'<([^>]*)>\s*;[^,]*rel="?next"?', header)
+        if not match:
+            return None
+        target = urljoin(current, match.group(1))
+        if urlsplit(target)[:2] != urlsplit(self.base_url)[:2]:
+            raise RegistryError(f"The {what} of {self.host} points its next page to another host.")
+        return target
+
+    def list_repositories(self) -> t.List[str]:
+        return self._paginate(f"/v2/_catalog?n={CATALOG_PAGE_SIZE}", "repositories", "catalog", CATALOG_SCOPE)
+
+    def list_tags(self, repository: str) -> t.List[str]:
+        return self._paginate(
+            f"{self._repo_path(repository)}/tags/list",
+            "tags",
+            f"tag list of {repository}",
+            f"repository:{repository}:pull",
+        )
