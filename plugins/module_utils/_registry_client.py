@@ -18,8 +18,14 @@ import time
 import typing as t
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+try:
+    import requests
+    from requests.adapters import HTTPAdapter
+except ImportError as exc:  # the module reports this with missing_required_lib
+    requests = None  # type: ignore[assignment]
+    REQUESTS_IMPORT_ERROR: t.Optional[ImportError] = exc
+else:
+    REQUESTS_IMPORT_ERROR = None
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -156,6 +162,8 @@ class RegistryClient:
         max_retry_after: float = 10.0,
         user_agent: str = "selfhosted.registry",
     ):
+        if requests is None:
+            raise RegistryError("The Python library requests is required to talk to a registry.")
         parts = urlsplit(base_url.strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RegistryError(f"Registry URL {base_url!r} is not an http:// or https:// URL with a host.")

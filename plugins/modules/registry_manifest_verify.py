@@ -1,0 +1,427 @@
+#!/usr/bin/python
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: registry_manifest_verify
+short_description: Verify that images in a distribution registry can be pulled, end to end
+version_added: 0.1.0
+description:
+  - Walks each image over the registry API the way a pull does (tag, index, every child manifest
+    with attestations, config, every layer) and reports every object that is missing or damaged,
+    with its chain from the tag.
+  - Each unique object (repository and digest) is requested once per run, however many images share it.
+  - Every manifest body is hashed and compared with the digest asked for and the C(Docker-Content-Digest)
+    header.
+  - Verifies one image, a list of images, or every tag of every repository (O(catalog=true)).
+  - Fails when anything is broken unless O(fail_on_broken=false) or O(mirror=true).
+extends_documentation_fragment:
+  - selfhosted.registry.registry_connection
+  - selfhosted.registry.attributes.read_only
+options:
+  images:
+    description:
+      - Images to verify, as V(repository:tag), V(repository@sha256:...) or V(repository:tag@sha256:...).
+      - A V(repository) without tag or digest means V(repository:latest).
+      - A registry host prefix (V(registry.example.com:5000/team/app:1.0)) is allowed when it names the
+        host and port of O(registry_url).
+      - Mutually exclusive with O(catalog).
+    type: list
+    elements: str
+  catalog:
+    description:
+      - Verify every tag of every repository the registry's catalog lists.
+      - The catalog scope (C(registry:catalog:*)) must be granted to O(username) on token-auth registries.
+    type: bool
+    default: false
+  repositories:
+    description:
+      - In catalog mode, only repositories matching one of these shell-style patterns (V(team/*), V(infra-?i)).
+    type: list
+    elements: str
+  mirror:
+    description:
+      - The registry is a pull-through mirror. Findings are reported but never fail the task.
+      - In catalog mode only the tagged manifests are checked (with C(HEAD)), because a mirror fetches children
+        lazily from its upstream and asking for them would trigger upstream pulls.
+    type: bool
+    default: false
+  platforms:
+    description:
+      - Only walk index children for these platforms (V(linux/amd64), V(linux/arm64/v8)); V(linux/arm64) also
+        selects its variants. Attestations of the selected children are walked too.
+      - Single-platform images are always walked.
+      - Default is every platform.
+    type: list
+    elements: str
+  blob_check:
+    description:
+      - How configs and layers are checked.
+      - V(head) asks for headers only. It is fast, but after garbage collection on a running registry the
+        blob-descriptor cache answers 200 for deleted blobs.
+      - V(read) fetches the first byte of each blob (C(Range) request), which that cache cannot fake.
+    type: str
+    choices: [head, read]
+    default: head
+  concurrency:
+    description:
+      - Requests in flight at once (also the size of the HTTP connection pool).
+    type: int
+    default: 8
+  fail_on_broken:
+    description:
+      - Fail the task when any image is broken. With V(false) the result is only reported.
+    type: bool
+    default: true
+  report_path:
+    description:
+      - Write the result as JSON to this file, atomically (a reader never sees a partial file).
+      - Written in check mode too, because it is the module's output, not a change to the registry.
+    type: path
+  metrics_path:
+    description:
+      - Write Prometheus textfile metrics to this file, atomically. Name it C(*.prom) for node_exporter's
+        textfile collector.
+      - Written when the registry cannot be reached too, with C(registry_verify_up) set to 0.
+      - Written in check mode too.
+    type: path
+notes:
+  - The module only reads from the registry. Run it where the registry is reachable, usually with
+    O(ignore:delegate_to=localhost).
+  - A child manifest that is gone cannot be read, so the configs and layers only it referenced cannot be
+    listed over the API; the module names the missing child manifest and a storage scan on the registry host
+    names the rest.
+author:
+  - selfhosted.registry maintainers
+"""
+
+EXAMPLES = r"""
+- name: Verify the CI image the pipelines pull
+  selfhosted.registry.registry_manifest_verify:
+    registry_url: https://registry.example.com:5000
+    images:
+      - infra-ci:latest
+  delegate_to: localhost
+
+- name: Verify every tag of the team repositories, reading a byte of every blob, and keep a report
+  selfhosted.registry.registry_manifest_verify:
+    registry_url: https://registry.example.com:5000
+    username: "{{ registry_reader }}"
+    password: "{{ registry_reader_password }}"
+    catalog: true
+    repositories:
+      - team/*
+    blob_check: read
+    report_path: /var/lib/registry-probe/verify.json
+    metrics_path: /var/lib/node_exporter/textfile/registry_verify.prom
+  delegate_to: localhost
+
+- name: Report on the Docker Hub mirror without ever failing
+  selfhosted.registry.registry_manifest_verify:
+    registry_url: https://mirror.example.com:5001
+    catalog: true
+    mirror: true
+  delegate_to: localhost
+  register: mirror_state
+"""
+
+RETURN = r"""
+ok:
+  description: True when every object of every image verified.
+  returned: always
+  type: bool
+  sample: false
+changed:
+  description: Always false; the module only reads.
+  returned: always
+  type: bool
+  sample: false
+msg:
+  description: One line; when something is broken it names every broken object.
+  returned: always
+  type: str
+  sample: >-
+    1 of 3 images are broken: infra-ci:latest: child manifest
+    sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6 answered 404 MANIFEST_UNKNOWN.
+summary:
+  description: Counts for the run.
+  returned: success or when images are broken
+  type: dict
+  contains:
+    images:
+      description: Images verified.
+      type: int
+      sample: 3
+    broken_images:
+      description: Images with at least one broken object.
+      type: int
+      sample: 1
+    manifests:
+      description: Unique manifests requested (a tag and its digest count once).
+      type: int
+      sample: 7
+    blobs:
+      description: Unique configs and layers checked.
+      type: int
+      sample: 10
+    requests:
+      description: HTTP requests sent, retries and token requests included.
+      type: int
+      sample: 18
+    broken_objects:
+      description: Unique broken objects (one shared by several images counts once).
+      type: int
+      sample: 4
+    foreign_layers:
+      description: Foreign (non-distributable) layers skipped because the registry never holds them.
+      type: int
+      sample: 0
+images:
+  description: One entry per image, in the order given (catalog mode is sorted by repository and tag).
+  returned: success or when images are broken
+  type: list
+  elements: dict
+  contains:
+    reference:
+      description: The image as verified.
+      type: str
+      sample: infra-ci:latest
+    repository:
+      description: Repository name.
+      type: str
+      sample: infra-ci
+    tag:
+      description: Tag, or null for a reference by digest only.
+      type: str
+      sample: latest
+    digest:
+      description: Digest of the tagged manifest, or null when it could not be read.
+      type: str
+      sample: sha256:a3a5edf369a9d543027ad2e4c3bd8975e5e56d9b2c766c046611535a063d4a16
+    media_type:
+      description: Media type of the tagged manifest, or null when it could not be read.
+      type: str
+      sample: application/vnd.oci.image.index.v1+json
+    ok:
+      description: True when every object of this image verified.
+      type: bool
+      sample: false
+    children:
+      description: The index children walked (empty for a single-platform image).
+      type: list
+      elements: dict
+      contains:
+        digest:
+          description: Child manifest digest.
+          type: str
+          sample: sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6
+        media_type:
+          description: Child manifest media type, as the index lists it.
+          type: str
+          sample: application/vnd.oci.image.manifest.v1+json
+        platform:
+          description: C(os/architecture[/variant]); attestations are C(unknown/unknown).
+          type: str
+          sample: linux/amd64
+        kind:
+          description: C(image), C(attestation) or C(index) (a nested index).
+          type: str
+          sample: image
+broken:
+  description: Every broken object, once per image that needs it, with its chain from the tag.
+  returned: success or when images are broken
+  type: list
+  elements: dict
+  contains:
+    reference:
+      description: The image the object belongs to.
+      type: str
+      sample: infra-ci:latest
+    chain:
+      description: The image reference, then each digest from the tagged manifest down to the broken object.
+      type: list
+      elements: str
+      sample:
+        - infra-ci:latest
+        - sha256:a3a5edf369a9d543027ad2e4c3bd8975e5e56d9b2c766c046611535a063d4a16
+        - sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6
+    object_type:
+      description: C(manifest), C(config) or C(layer).
+      type: str
+      sample: manifest
+    digest:
+      description: Digest of the broken object (null only for a tag that does not resolve).
+      type: str
+      sample: sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6
+    status:
+      description: HTTP status of the answer, or null when no answer came.
+      type: int
+      sample: 404
+    error_code:
+      description: The registry's error code, or null when it sent none.
+      type: str
+      sample: MANIFEST_UNKNOWN
+    message:
+      description: One sentence naming the image, the object and the cause.
+      type: str
+      sample: >-
+        infra-ci:latest: child manifest sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6
+        answered 404 MANIFEST_UNKNOWN.
+"""
+
+import time
+import typing as t
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ..module_utils._image_reference import ImageReferenceError, parse_image_reference
+from ..module_utils._manifest_walk import ManifestWalker, WalkError, WalkResult
+from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
+from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
+from ..module_utils._report_files import Metric, write_json_report, write_metrics
+
+
+def _argument_spec() -> t.Dict[str, t.Any]:
+    spec = registry_connection_argument_spec()
+    spec.update(
+        images=dict(type="list", elements="str"),
+        catalog=dict(type="bool", default=False),
+        repositories=dict(type="list", elements="str"),
+        mirror=dict(type="bool", default=False),
+        platforms=dict(type="list", elements="str"),
+        blob_check=dict(type="str", choices=["head", "read"], default="head"),
+        concurrency=dict(type="int", default=8),
+        fail_on_broken=dict(type="bool", default=True),
+        report_path=dict(type="path"),
+        metrics_path=dict(type="path"),
+    )
+    return spec
+
+
+def _shape(result: WalkResult) -> t.Dict[str, t.Any]:
+    return {
+        "ok": result.ok,
+        "summary": result.summary._asdict(),
+        "images": [
+            dict(image._asdict(), children=[child._asdict() for child in image.children]) for image in result.images
+        ],
+        "broken": [broken._asdict() for broken in result.broken],
+    }
+
+
+def _message(result: WalkResult) -> str:
+    summary = result.summary
+    if result.ok:
+        return f"All {summary.images} images verified ({summary.manifests} manifests, {summary.blobs} blobs)."
+    details = "; ".join(broken.message.rstrip(".") for broken in result.broken)
+    return f"{summary.broken_images} of {summary.images} images are broken: {details}."
+
+
+def _metrics(registry: str, started: float, shaped: t.Optional[t.Dict[str, t.Any]]) -> t.List[Metric]:
+    base = {"registry": registry}
+    metrics = [
+        Metric("registry_verify_up", "1 when the registry could be verified, 0 when it could not be used.",
+               "gauge", 1 if shaped else 0, base),
+        Metric("registry_verify_last_run_timestamp_seconds", "When the last verification finished.",
+               "gauge", time.time(), base),
+        Metric("registry_verify_duration_seconds", "How long the last verification took.",
+               "gauge", time.time() - started, base),
+    ]
+    if shaped:
+        summary = shaped["summary"]
+        metrics += [
+            Metric("registry_verify_images_total", "Images verified in the last run.", "gauge",
+                   summary["images"], base),
+            Metric("registry_verify_broken_images", "Images with a broken object.", "gauge",
+                   summary["broken_images"], base),
+            Metric("registry_verify_broken_objects", "Unique broken objects.", "gauge",
+                   summary["broken_objects"], base),
+            Metric("registry_verify_requests", "HTTP requests the last run sent.", "gauge", summary["requests"], base),
+        ]
+        for image in shaped["images"]:
+            if not image["ok"]:
+                labels = dict(base, repository=image["repository"], tag=image["tag"] or image["digest"] or "")
+                metrics.append(Metric("registry_verify_image_broken", "1 for each image that cannot be pulled.",
+                                      "gauge", 1, labels))
+    return metrics
+
+
+def _write_outputs(module: AnsibleModule, report: t.Dict[str, t.Any], metrics: t.List[Metric]) -> None:
+    """Write the optional report and metrics files; a path that cannot be written is one sentence."""
+    for option, write, payload in (
+        ("report_path", write_json_report, report),
+        ("metrics_path", write_metrics, metrics),
+    ):
+        path = module.params[option]
+        if not path:
+            continue
+        try:
+            write(path, payload)
+        except OSError as exc:
+            module.fail_json(msg=f"Could not write {option} {path}: {exc.strerror or exc}.")
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=_argument_spec(),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if REQUESTS_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("requests"), exception=str(REQUESTS_IMPORT_ERROR))
+    if params["catalog"] and params["images"]:
+        module.fail_json(msg="Give either images or catalog=true, not both.")
+    if not params["catalog"] and not params["images"]:
+        module.fail_json(msg="Give the images to verify, or catalog=true to verify every tag of every repository.")
+    if params["repositories"] and not params["catalog"]:
+        module.fail_json(msg="The repositories patterns only apply with catalog=true.")
+    if params["concurrency"] < 1:
+        module.fail_json(msg=f"concurrency must be at least 1, not {params['concurrency']}.")
+
+    started = time.time()
+    try:
+        client = build_registry_client(params, pool_size=params["concurrency"])
+    except RegistryError as exc:
+        module.fail_json(msg=exc.message)
+    try:
+        images = [parse_image_reference(text, client.host) for text in params["images"] or []]
+    except ImageReferenceError as exc:
+        client.close()
+        module.fail_json(msg=str(exc))
+
+    walker = ManifestWalker(
+        client,
+        concurrency=params["concurrency"],
+        blob_check=params["blob_check"],
+        platforms=params["platforms"],
+        descend=not (params["mirror"] and params["catalog"]),
+    )
+    try:
+        if params["catalog"]:
+            result = walker.verify_catalog(params["repositories"])
+        else:
+            result = walker.verify(images)
+    except WalkError as exc:
+        _write_outputs(module, {"registry": client.base_url, "ok": False, "error": str(exc)},
+                       _metrics(client.host, started, None))
+        module.fail_json(msg=str(exc), ok=False)
+    finally:
+        client.close()
+
+    shaped = _shape(result)
+    shaped["msg"] = _message(result)
+    report = dict(
+        shaped, registry=client.base_url, mirror=params["mirror"], blob_check=params["blob_check"],
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    _write_outputs(module, report, _metrics(client.host, started, shaped))
+
+    if not result.ok and params["fail_on_broken"] and not params["mirror"]:
+        module.fail_json(changed=False, **shaped)
+    module.exit_json(changed=False, **shaped)
+
+
+if __name__ == "__main__":
+    main()
