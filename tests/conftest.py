@@ -16,6 +16,8 @@ import pytest
 from tests.harness.images import ImagePusher
 from tests.harness.incident import Incident, reproduce_incident
 from tests.harness.registry import AUTH_MODES, RegistryServer, start_registry
+from tests.harness.sshd import SshServer
+from tests.harness.woodpecker_server import FakeWoodpecker
 
 
 @pytest.fixture
@@ -89,3 +91,17 @@ def pusher(registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher]) 
 def incident(registry: RegistryServer, pusher: ImagePusher) -> Incident:
     """``infra-ci:latest`` broken by the real `garbage-collect --delete-untagged` on ``registry``."""
     return reproduce_incident(registry, pusher)
+
+
+@pytest.fixture
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SshServer]:
+    """A real sshd on a free loopback port (tests/harness/sshd.py), stopped by PID at teardown."""
+    with SshServer(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_woodpecker() -> t.Iterator[FakeWoodpecker]:
+    """The Woodpecker stand-in (tests/harness/woodpecker_server.py), API v3, plain HTTP on loopback."""
+    with FakeWoodpecker() as server:
+        yield server

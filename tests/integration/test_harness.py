@@ -317,3 +317,15 @@ def test_pusher_without_credentials_is_refused(registry_basic):
     anonymous.session.auth = None
     with pytest.raises(PushError):
         anonymous.push_image("infra-ci", "v1")
+
+
+# -- the other shared fixtures start --------------------------------------------------------------
+
+
+def test_sshd_and_woodpecker_fixtures_start(sshd_server, fake_woodpecker):
+    from tests.harness.sshd import run_ssh
+
+    assert run_ssh(sshd_server, "true").returncode == 0
+    assert fake_woodpecker.url.startswith("http://127.0.0.1:")
+    # Without a token the fake answers like Woodpecker does: 401, which proves it is serving.
+    assert requests.get(f"{fake_woodpecker.url}/api/user", timeout=10).status_code == 401
