@@ -1,0 +1,541 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Run the registry's ``garbage-collect`` only when it cannot break a tagged image.
+
+Standard library only: it runs inside Ansible (module registry_garbage_collect) and on the registry
+host as ``python3 -m registry_tools._registry_tools_cli gc``.
+
+Why a guard: ``garbage-collect --delete-untagged`` in distribution 2.8.x treats the untagged children
+of a tagged index as garbage and deletes them, and their layers with them. The guard first runs the
+collector with ``--dry-run`` and the same flags, reads what it would delete, follows every tag through
+storage (with the scanner's reader, so storage is read one way only) and refuses when anything the
+collector would delete is still reachable from a tag. Only then does it run the real collection,
+between the caller's "before" and "after" commands (make the registry read-only or stop it, then
+restart it: a running registry's blob-descriptor cache keeps answering for deleted blobs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import typing as t
+
+from ._report_files import Metric
+from ._storage_scan import (
+    ScanError,
+    StorageReader,
+    scan_storage,
+)
+
+_BLOB_LINE = re.compile(r"^blob eligible for deletion: (sha256:[0-9a-f]{64})\s*$")
+# 2.8 prints the bare digest after the repository's own line; 3.x prints {repo digest [tags]}.
+_MANIFEST_LINE = re.compile(
+    r"^manifest eligible for deletion: (?:\{(?P<repo>\S+) )?(?P<digest>sha256:[0-9a-f]{64})"
+)
+_MARKING_LINE = re.compile(r"^(?P<repo>\S+): marking (?:manifest|blob) sha256:[0-9a-f]{64}\s*$")
+_LAYER_LINK_LINE = re.compile(r"^(?P<repo>\S+): layer link eligible for deletion: (?P<digest>sha256:[0-9a-f]{64})")
+_SUMMARY_LINE = re.compile(r"^(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
+# The collector announces each repository with a line holding only its name.
+_REPOSITORY_LINE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+
+DONE, REFUSED, FAILED = 0, 1, 2
+
+
+class GCGuardError(Exception):
+    """The guarded collection could not be prepared or run (bad options, unreadable storage)."""
+
+
+class GCOutput(t.NamedTuple):
+    """What a garbage-collect run printed, parsed."""
+
+    repositories: t.Tuple[str, ...]
+    eligible_manifests: t.Tuple[t.Tuple[str, str], ...]
+    eligible_blobs: t.Tuple[str, ...]
+    eligible_layer_links: t.Tuple[t.Tuple[str, str], ...]
+    summary: t.Optional[t.Tuple[int, int, int]]
+
+
+class GCFailure(t.NamedTuple):
+    kind: str
+    message: str
+
+
+class Blocker(t.NamedTuple):
+    """Something the collector would delete although a tag still reaches it."""
+
+    kind: str  # "manifest" or "blob"
+    repository: str
+    digest: str
+    tags: t.Tuple[str, ...]
+    role: str  # "index", "child manifest", "config or layer", "tagged manifest"
+
+    def as_dict(self) -> t.Dict[str, t.Any]:
+        return {
+            "kind": self.kind,
+            "repository": self.repository,
+            "digest": self.digest,
+            "tags": list(self.tags),
+            "role": self.role,
+            "message": self.message,
+        }
+
+    @property
+    def message(self) -> str:
+        tags = ", ".join(f"{self.repository}:{tag}" for tag in self.tags)
+        return f"{self.kind} {self.digest} ({self.role}) would be deleted but is reachable from {tags}"
+
+
+class GCOptions(t.NamedTuple):
+    storage_root: str
+    config_path: str
+    delete_untagged: bool = False
+    gc_command: t.Tuple[str, ...] = ("docker-registry",)
+    before_command: t.Tuple[str, ...] = ()
+    after_command: t.Tuple[str, ...] = ()
+    check_mode: bool = False
+    timeout: float = 3600.0
+
+
+class CommandResult(t.NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Runner = t.Callable[[t.Sequence[str], float], CommandResult]
+
+
+def run_command(argv: t.Sequence[str], timeout: float) -> CommandResult:
+    """Run argv without a shell; a missing program or a timeout becomes GCGuardError."""
+    try:
+        completed = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise GCGuardError(f"command {argv[0]} was not found") from None
+    except PermissionError:
+        raise GCGuardError(f"command {argv[0]} cannot be executed (permission denied)") from None
+    except subprocess.TimeoutExpired:
+        raise GCGuardError(f"command {' '.join(argv)} did not finish within {timeout:g} seconds") from None
+    return CommandResult(
+        completed.returncode,
+        completed.stdout.decode("utf-8", "replace"),
+        completed.stderr.decode("utf-8", "replace"),
+    )
+
+
+def gc_argv(options: GCOptions, dry_run: bool) -> t.List[str]:
+    argv = list(options.gc_command) + ["garbage-collect"]
+    if dry_run:
+        argv.append("--dry-run")
+    if options.delete_untagged:
+        argv.append("--delete-untagged")
+    argv.append(options.config_path)
+    return argv
+
+
+def parse_gc_output(text: str) -> GCOutput:
+    """Read the collector's output: repositories walked and every object eligible for deletion."""
+    repositories: t.List[str] = []
+    manifests: t.List[t.Tuple[str, str]] = []
+    blobs: t.List[str] = []
+    layer_links: t.List[t.Tuple[str, str]] = []
+    summary = None
+    current = ""
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line:
+            continue
+        match = _BLOB_LINE.match(line)
+        if match:
+            blobs.append(match.group(1))
+            continue
+        match = _MANIFEST_LINE.match(line)
+        if match:
+            manifests.append((match.group("repo") or current, match.group("digest")))
+            continue
+        match = _MARKING_LINE.match(line)
+        if match:
+            current = match.group("repo")
+            continue
+        match = _LAYER_LINK_LINE.match(line)
+        if match:
+            layer_links.append((match.group("repo"), match.group("digest")))
+            continue
+        match = _SUMMARY_LINE.match(line)
+        if match:
+            summary = (int(match.group(1)), int(match.group(2)), int(match.group(3)))
+            continue
+        if _REPOSITORY_LINE.match(line):
+            current = line
+            repositories.append(line)
+    return GCOutput(
+        tuple(repositories),
+        tuple(dict.fromkeys(manifests)),
+        tuple(dict.fromkeys(blobs)),
+        tuple(dict.fromkeys(layer_links)),
+        summary,
+    )
+
+
+def classify_failure(result: CommandResult) -> GCFailure:
+    """Exit status 1 of garbage-collect means several things; tell them apart from its output."""
+    text = result.stderr + "\n" + result.stdout
+    last = _last_error_line(text)
+    if "configuration error" in text:
+        return GCFailure("configuration", f"the garbage collector rejected its configuration: {last}")
+    match = re.search(r"Path not found: (\S*repositories)", text)
+    if match:
+        return GCFailure("empty_store", f"the storage has no repositories yet ({match.group(1)} not found)")
+    match = re.search(r"failed to retrieve tags unknown repository name=(\S+)", text)
+    if match:
+        return GCFailure(
+            "missing_tags_directory",
+            f"repository {match.group(1)} has no _manifests/tags directory, so garbage-collect "
+            "--delete-untagged stops before deleting anything",
+        )
+    damage_markers = (
+        "failed to retrieve manifest",
+        "invalid checksum digest",
+        "unexpected end of JSON",
+        "invalid character",
+        "failed to retrieve tags for digest",
+        "unknown manifest",
+        "cannot unmarshal",
+        "unsupported manifest",
+    )
+    if any(marker in text for marker in damage_markers):
+        return GCFailure(
+            "damaged_storage",
+            f"the garbage collector stopped on damaged storage ({last}); run the storage scan to find it",
+        )
+    return GCFailure("unknown", f"the garbage collector exited with status {result.returncode}: {last}")
+
+
+def _last_error_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line and not line.startswith(("Usage:", "Flags:", "-", "registry garbage-collect")):
+            if "configuration error" in line or "failed" in line or "error" in line.lower():
+                return line
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def find_blockers(
+    reader: StorageReader,
+    eligible_manifests: t.Iterable[t.Tuple[str, str]],
+    eligible_blobs: t.Iterable[str],
+) -> t.List[Blocker]:
+    """Follow every current tag through stored content; return what the collector must not delete.
+
+    Reachability follows manifest content, not revision links: a child whose revision link is
+    already gone still needs its layers, and its data is how it could be restored.
+    """
+    manifests = set(eligible_manifests)
+    blobs = set(eligible_blobs)
+    if not manifests and not blobs:
+        return []
+    found: t.Dict[t.Tuple[str, str, str], t.Tuple[t.Set[str], str]] = {}
+
+    def note(kind: str, repository: str, digest: str, tag: str, role: str) -> None:
+        key = (kind, repository, digest)
+        entry = found.get(key)
+        if entry is None:
+            found[key] = ({tag}, role)
+        else:
+            entry[0].add(tag)
+
+    problems: t.List[t.Tuple[str, str]] = []
+    for repository, directory in reader.iter_repositories(problems):
+        current, _ = reader.read_tags(directory, problems)
+        for tag, (root, _) in current.items():
+            seen: t.Set[str] = set()
+            stack = [(root, "tagged manifest")]
+            while stack:
+                digest, role = stack.pop()
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                if (repository, digest) in manifests:
+                    note("manifest", repository, digest, tag, role)
+                if digest in blobs:
+                    note("blob", repository, digest, tag, role)
+                outcome = reader.read_manifest(digest)
+                if outcome.info is None:
+                    continue
+                for child, _ in outcome.info.children:
+                    stack.append((child, "child manifest"))
+                for blob, _, _ in outcome.info.blobs:
+                    if blob in blobs:
+                        note("blob", repository, blob, tag, "config or layer")
+    return [
+        Blocker(kind, repository, digest, tuple(sorted(tags)), role)
+        for (kind, repository, digest), (tags, role) in sorted(found.items())
+    ]
+
+
+class GCOutcome:
+    """Everything a guarded run decided and did; ``exit_code`` is 0 done, 1 refused, 2 failed."""
+
+    def __init__(self, options: GCOptions) -> None:
+        self.options = options
+        self.status = "error"
+        self.message = ""
+        self.failure_kind = ""
+        self.eligible_manifests: t.List[t.Tuple[str, str]] = []
+        self.eligible_blobs: t.List[str] = []
+        self.blockers: t.List[Blocker] = []
+        self.deleted_manifests: t.List[t.Tuple[str, str]] = []
+        self.deleted_blobs: t.List[str] = []
+        self.reclaimed_bytes = 0
+        self.commands: t.List[t.List[str]] = []
+        self.warnings: t.List[str] = []
+        self.scan_after: t.Optional[t.Dict[str, t.Any]] = None
+        self.gc_output = ""
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.deleted_manifests or self.deleted_blobs)
+
+    @property
+    def exit_code(self) -> int:
+        if self.status == "refused":
+            return REFUSED
+        if self.status == "error":
+            return FAILED
+        return DONE
+
+    def as_dict(self) -> t.Dict[str, t.Any]:
+        return {
+            "status": self.status,
+            "message": self.message,
+            "failure_kind": self.failure_kind,
+            "changed": self.changed,
+            "check_mode": self.options.check_mode,
+            "delete_untagged": self.options.delete_untagged,
+            "eligible_manifests": [{"repository": repo, "digest": digest} for repo, digest in self.eligible_manifests],
+            "eligible_blobs": list(self.eligible_blobs),
+            "blockers": [blocker.as_dict() for blocker in self.blockers],
+            "deleted_manifests": [{"repository": repo, "digest": digest} for repo, digest in self.deleted_manifests],
+            "deleted_blobs": list(self.deleted_blobs),
+            "reclaimed_bytes": self.reclaimed_bytes,
+            "commands": [list(command) for command in self.commands],
+            "warnings": list(self.warnings),
+            "scan_after": self.scan_after,
+        }
+
+    def diff(self) -> t.Dict[str, str]:
+        """Ansible-style diff: the objects that were (or would be) deleted appear only in before."""
+        if self.status == "collected":
+            manifests, blobs = self.deleted_manifests, self.deleted_blobs
+        elif self.status == "would_collect":
+            manifests, blobs = self.eligible_manifests, self.eligible_blobs
+        else:
+            manifests, blobs = [], []
+        lines = [f"manifest {repo}@{digest}" for repo, digest in manifests] + [f"blob {digest}" for digest in blobs]
+        return {
+            "before": "".join(line + "\n" for line in lines),
+            "after": "",
+            "before_header": "registry storage: objects garbage-collect deletes",
+            "after_header": "registry storage after garbage-collect",
+        }
+
+    def log_lines(self) -> t.List[str]:
+        lines = [f"GC BLOCKED {blocker.kind.upper()} repo={blocker.repository} digest={blocker.digest} "
+                 f"role={blocker.role.replace(' ', '_')} tags={','.join(blocker.tags)}" for blocker in self.blockers]
+        lines.extend(f"GC DELETED MANIFEST repo={repo} digest={digest}" for repo, digest in self.deleted_manifests)
+        lines.extend(f"GC DELETED BLOB digest={digest}" for digest in self.deleted_blobs)
+        lines.extend(f"GC WARNING {warning}" for warning in self.warnings)
+        lines.append(
+            f"GC {self.status.upper()} eligible_manifests={len(self.eligible_manifests)} "
+            f"eligible_blobs={len(self.eligible_blobs)} blockers={len(self.blockers)} "
+            f"deleted_manifests={len(self.deleted_manifests)} deleted_blobs={len(self.deleted_blobs)} "
+            f"reclaimed_bytes={self.reclaimed_bytes} message={self.message}"
+        )
+        return lines
+
+    def metrics(self) -> t.List[Metric]:
+        return [
+            Metric("registry_gc_refused", "1 when the last guarded GC was refused.", "gauge", int(self.status == "refused")),
+            Metric("registry_gc_failed", "1 when the last guarded GC failed.", "gauge", int(self.status == "error")),
+            Metric("registry_gc_deleted_blobs", "Blobs deleted by the last guarded GC.", "gauge", len(self.deleted_blobs)),
+            Metric(
+                "registry_gc_deleted_manifests",
+                "Manifests deleted by the last guarded GC.",
+                "gauge",
+                len(self.deleted_manifests),
+            ),
+            Metric("registry_gc_reclaimed_bytes", "Bytes reclaimed by the last guarded GC.", "gauge", self.reclaimed_bytes),
+        ]
+
+
+def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcome:
+    """Dry run, refuse or collect, restart, scan. Raises GCGuardError only for unusable options."""
+    if not options.config_path:
+        raise GCGuardError("no garbage-collect configuration path given")
+    if not options.gc_command:
+        raise GCGuardError("no garbage-collect command given")
+    try:
+        reader = StorageReader(options.storage_root)
+    except ScanError as error:
+        raise GCGuardError(str(error)) from None
+    outcome = GCOutcome(options)
+    # The after command (restart) runs whenever the before command ran or the real collection was
+    # attempted, whatever happened in between; a dry run alone changes nothing and needs no restart.
+    touched: t.List[bool] = []
+    try:
+        if not options.check_mode and options.before_command:
+            touched.append(True)
+            if not _run_hook(options.before_command, "before", options, outcome, runner):
+                return outcome
+        _collect(reader, options, outcome, runner, touched)
+    finally:
+        if touched and options.after_command:
+            _run_hook(options.after_command, "after", options, outcome, runner)
+    return outcome
+
+
+def _run_hook(argv: t.Sequence[str], which: str, options: GCOptions, outcome: GCOutcome, runner: Runner) -> bool:
+    outcome.commands.append(list(argv))
+    try:
+        result = runner(argv, options.timeout)
+    except GCGuardError as error:
+        _fail(outcome, "hook", f"the {which} command failed: {error}")
+        return False
+    if result.returncode != 0:
+        detail = _last_error_line(result.stderr + "\n" + result.stdout)
+        _fail(outcome, "hook", f"the {which} command exited with status {result.returncode}: {detail}")
+        return False
+    return True
+
+
+def _fail(outcome: GCOutcome, kind: str, message: str) -> None:
+    """Record a failure; the first one explains the run, later ones are kept as warnings."""
+    if outcome.status == "error" and outcome.message:
+        outcome.warnings.append(message)
+        return
+    if outcome.message:
+        outcome.warnings.append(outcome.message)
+    outcome.status, outcome.failure_kind, outcome.message = "error", kind, message
+
+
+def _collect(
+    reader: StorageReader, options: GCOptions, outcome: GCOutcome, runner: Runner, touched: t.List[bool]
+) -> None:
+    dry_argv = gc_argv(options, dry_run=True)
+    outcome.commands.append(dry_argv)
+    try:
+        dry = runner(dry_argv, options.timeout)
+    except GCGuardError as error:
+        _fail(outcome, "command", str(error))
+        return
+    outcome.gc_output = dry.stdout[-4000:]
+    if dry.returncode != 0:
+        failure = classify_failure(dry)
+        if failure.kind == "empty_store":
+            outcome.status, outcome.message = "nothing_to_collect", failure.message
+            return
+        _fail(outcome, failure.kind, f"dry run refused to start: {failure.message}")
+        return
+    parsed = parse_gc_output(dry.stdout)
+    outcome.eligible_manifests = list(parsed.eligible_manifests)
+    outcome.eligible_blobs = list(parsed.eligible_blobs)
+    walked = list(parsed.repositories) + [repo for repo, _ in parsed.eligible_manifests]
+    unknown = [
+        repo
+        for repo in dict.fromkeys(walked)
+        if not _REPOSITORY_LINE.match(repo) or not os.path.isdir(os.path.join(reader.repositories_dir, repo))
+    ]
+    if unknown:
+        _fail(
+            outcome,
+            "storage_mismatch",
+            f"the garbage collector walked repository {unknown[0]}, which is not under {reader.root}: "
+            "its configuration and the storage root name different storage",
+        )
+        return
+    try:
+        outcome.blockers = find_blockers(reader, parsed.eligible_manifests, parsed.eligible_blobs)
+    except ScanError as error:
+        _fail(outcome, "storage", str(error))
+        return
+    if outcome.blockers:
+        first = outcome.blockers[0]
+        outcome.status = "refused"
+        outcome.message = (
+            f"refused: {len(outcome.blockers)} object(s) the collector would delete are still reachable from a tag, "
+            f"first {first.message}"
+        )
+        return
+    if not parsed.eligible_manifests and not parsed.eligible_blobs:
+        outcome.status, outcome.message = "nothing_to_collect", "nothing is eligible for deletion"
+        return
+    if options.check_mode:
+        outcome.status = "would_collect"
+        outcome.message = (
+            f"would delete {len(parsed.eligible_manifests)} manifest(s) and {len(parsed.eligible_blobs)} blob(s); "
+            "none is reachable from a tag"
+        )
+        return
+    # Evidence of what was deleted comes from storage before and after, not from the collector's words.
+    sizes = {
+        digest: reader.blob_size(digest)
+        for digest in parsed.eligible_blobs
+        if reader.blob_state(digest, fresh=True) == "present"
+    }
+    linked_before = [
+        (repo, digest)
+        for repo, digest in parsed.eligible_manifests
+        if reader.linked(os.path.join(reader.repositories_dir, repo), digest, "revision")
+    ]
+    if not options.before_command:
+        outcome.warnings.append(
+            "no before command: the registry stayed writable while garbage-collect ran, "
+            "so a push during the run could lose blobs"
+        )
+    if not options.after_command:
+        outcome.warnings.append(
+            "no after command: restart the registry yourself, its blob-descriptor cache "
+            "still answers for deleted blobs"
+        )
+    real_argv = gc_argv(options, dry_run=False)
+    outcome.commands.append(real_argv)
+    touched.append(True)
+    try:
+        real: t.Optional[CommandResult] = runner(real_argv, options.timeout)
+    except GCGuardError as error:
+        real = None
+        _fail(outcome, "command", str(error))
+    outcome.deleted_blobs = [digest for digest in sizes if reader.blob_state(digest, fresh=True) == "absent"]
+    outcome.deleted_manifests = [
+        (repo, digest)
+        for repo, digest in linked_before
+        if not reader.linked(os.path.join(reader.repositories_dir, repo), digest, "revision")
+    ]
+    outcome.reclaimed_bytes = sum(sizes.get(digest, 0) for digest in outcome.deleted_blobs)
+    if real is not None and real.returncode != 0:
+        failure = classify_failure(real)
+        _fail(outcome, failure.kind, f"garbage-collect failed after the dry run passed: {failure.message}")
+    elif real is not None:
+        outcome.status = "collected"
+        outcome.message = (
+            f"deleted {len(outcome.deleted_manifests)} manifest(s) and {len(outcome.deleted_blobs)} blob(s), "
+            f"{outcome.reclaimed_bytes} bytes"
+        )
+    try:
+        scan = scan_storage(reader.root)
+    except ScanError as error:
+        outcome.warnings.append(f"the scan after garbage-collect failed: {error}")
+        return
+    outcome.scan_after = {"clean": scan.clean, "summary": scan.summary(), "broken_tags": sorted(scan.broken_tags)}
+    if not scan.clean:
+        outcome.warnings.append(
+            f"the scan after garbage-collect found damage: {', '.join(sorted(scan.broken_tags)) or 'see scan_after'}"
+        )

@@ -1,0 +1,191 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Command line for the registry host: ``scan`` (storage scan) and ``gc`` (guarded garbage-collect).
+
+Standard library only. The registry_vm role installs this file, ``_storage_scan.py``, ``_gc_guard.py``
+and ``_report_files.py`` with an empty ``__init__.py`` as the package ``registry_tools`` and runs::
+
+    python3 -m registry_tools._registry_tools_cli scan --storage-root /srv/registry/data \\
+        --min-age 3600 --json-report /var/lib/registry-tools/scan.json \\
+        --metrics-file /var/lib/node_exporter/textfile/registry_scan.prom
+
+    python3 -m registry_tools._registry_tools_cli gc --storage-root /srv/registry/data \\
+        --config /etc/docker/registry/config.yml \\
+        --gc-command 'docker compose -f /opt/registry/compose.yml run --rm --no-deps registry registry' \\
+        --before-command 'docker compose -f /opt/registry/compose.yml stop registry' \\
+        --after-command 'docker compose -f /opt/registry/compose.yml up -d registry'
+
+Exit codes. scan: 0 clean, 1 findings, 2 could not scan. gc: 0 done (collected, nothing to collect,
+or a dry run that would collect), 1 refused, 2 error. Each finding is one line on standard output;
+errors are one line on standard error starting with ``ERROR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import typing as t
+
+from ._gc_guard import FAILED, GCGuardError, GCOptions, run_guarded_gc
+from ._report_files import write_json_report, write_metrics
+from ._storage_scan import ScanError, scan_metrics, scan_storage
+
+SCAN_CLEAN, SCAN_FINDINGS, SCAN_FAILED = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> t.NoReturn:  # argparse's own exit code is 2 too; keep one line
+        self.exit(2, f"ERROR {self.prog}: {message}\n")
+
+
+def _command(text: str) -> t.List[str]:
+    try:
+        words = shlex.split(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"cannot split command {text!r}: {error}") from None
+    if not words:
+        raise argparse.ArgumentTypeError("command is empty")
+    return words
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="registry_tools", description="Registry storage scan and guarded garbage collection.")
+    commands = parser.add_subparsers(dest="command", metavar="{scan,gc}", parser_class=_Parser)
+    commands.required = True
+
+    scan = commands.add_parser("scan", help="find broken images in filesystem storage (read-only)")
+    scan.add_argument("--storage-root", required=True, help="registry rootdirectory or its docker/registry/v2")
+    scan.add_argument(
+        "--repository",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="only repositories matching this shell pattern (repeatable)",
+    )
+    scan.add_argument(
+        "--min-age",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="ignore objects changed less than this long ago (pushes in progress)",
+    )
+    scan.add_argument("--json-report", metavar="FILE", help="write the full result as JSON (atomically)")
+    scan.add_argument("--metrics-file", metavar="FILE", help="write a node_exporter textfile (.prom)")
+
+    gc = commands.add_parser("gc", help="run garbage-collect only when it cannot break a tagged image")
+    gc.add_argument("--storage-root", required=True, help="registry rootdirectory or its docker/registry/v2")
+    gc.add_argument("--config", required=True, help="registry config path as the gc command sees it")
+    gc.add_argument("--delete-untagged", action="store_true", help="pass --delete-untagged to garbage-collect")
+    gc.add_argument(
+        "--gc-command",
+        type=_command,
+        default=["docker-registry"],
+        metavar="CMD",
+        help="command prefix that runs the registry binary; 'garbage-collect [flags] CONFIG' is appended "
+        "(default: docker-registry)",
+    )
+    gc.add_argument(
+        "--before-command",
+        type=_command,
+        default=[],
+        metavar="CMD",
+        help="run before the collection, e.g. stop the registry or switch it to read-only",
+    )
+    gc.add_argument(
+        "--after-command",
+        type=_command,
+        default=[],
+        metavar="CMD",
+        help="run afterwards whatever happened, e.g. start or restart the registry",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only the dry run and the verdict; change nothing")
+    gc.add_argument("--timeout", type=_non_negative, default=3600.0, metavar="SECONDS", help="per command")
+    gc.add_argument("--json-report", metavar="FILE", help="write the outcome as JSON (atomically)")
+    gc.add_argument("--metrics-file", metavar="FILE", help="write a node_exporter textfile (.prom)")
+    return parser
+
+
+def _print(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"ERROR {message}\n")
+    sys.stderr.flush()
+
+
+def run_scan(arguments: argparse.Namespace) -> int:
+    try:
+        result = scan_storage(
+            arguments.storage_root,
+            repositories=arguments.repository,
+            min_age=arguments.min_age,
+            on_finding=lambda finding: _print(finding.log_line()),
+        )
+    except ScanError as error:
+        _error(str(error))
+        return SCAN_FAILED
+    _print(result.summary_line())
+    try:
+        if arguments.json_report:
+            write_json_report(arguments.json_report, result.as_report())
+        if arguments.metrics_file:
+            write_metrics(arguments.metrics_file, scan_metrics(result))
+    except OSError as error:
+        _error(f"cannot write {error.filename}: {error.strerror}")
+        return SCAN_FAILED
+    return SCAN_CLEAN if result.clean else SCAN_FINDINGS
+
+
+def run_gc(arguments: argparse.Namespace) -> int:
+    options = GCOptions(
+        storage_root=arguments.storage_root,
+        config_path=arguments.config,
+        delete_untagged=arguments.delete_untagged,
+        gc_command=tuple(arguments.gc_command),
+        before_command=tuple(arguments.before_command),
+        after_command=tuple(arguments.after_command),
+        check_mode=arguments.dry_run,
+        timeout=arguments.timeout or 3600.0,
+    )
+    try:
+        outcome = run_guarded_gc(options)
+    except GCGuardError as error:
+        _error(str(error))
+        return FAILED
+    for line in outcome.log_lines():
+        _print(line)
+    if outcome.status == "error":
+        _error(outcome.message)
+    try:
+        if arguments.json_report:
+            write_json_report(arguments.json_report, outcome.as_dict())
+        if arguments.metrics_file:
+            write_metrics(arguments.metrics_file, outcome.metrics())
+    except OSError as error:
+        _error(f"cannot write {error.filename}: {error.strerror}")
+        return FAILED
+    return outcome.exit_code
+
+
+def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    if arguments.command == "scan":
+        return run_scan(arguments)
+    return run_gc(arguments)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
