@@ -18,6 +18,7 @@ import http.server
 import itertools
 import json
 import re
+import ssl
 import threading
 import time
 import typing as t
@@ -73,16 +74,19 @@ class Repo:
 class FakeWoodpecker:
     """Start with `with FakeWoodpecker() as server:`; `server.url` is the server address."""
 
-    def __init__(self, api_version: int = 3, version: str | None = None, restart_bug: str = "200") -> None:
+    def __init__(self, api_version: int = 3, version: str | None = None, restart_bug: str = "200",
+                 tls: tuple[str, str] | None = None) -> None:
         # api_version 0 stands for the pre-1.0 servers (owner/name paths, "builds").
         self.api_version = api_version
         self.version = version or {0: "0.15.11", 1: "1.0.5", 2: "2.8.3", 3: "3.17.0"}[api_version]
         self.restart_bug = restart_bug  # answer to restarting a pipeline whose config was never stored
+        self.tls = tls  # (certificate path, key path): serve HTTPS
         self.users: dict[str, str] = {}  # token -> login
         self.perms: dict[tuple[str, int], str] = {}  # (token, repo id) -> "pull" | "push"
         self.repos: dict[int, Repo] = {}
         self.requests: list[RecordedRequest] = []
-        self.forced_answers: list[tuple[int, float]] = []  # (status, delay) served before routing
+        # (method or None for any, status, delay, headers, body) served before any routing, in order
+        self.forced_answers: list[tuple[str | None, int, float, dict[str, str], bytes]] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(100)
         self._clock = itertools.count(1_700_000_000, 7)
@@ -94,6 +98,10 @@ class FakeWoodpecker:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -113,7 +121,8 @@ class FakeWoodpecker:
     @property
     def url(self) -> str:
         assert self._server is not None, "server not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     # ---- set-up by tests -----------------------------------------------------------------------
     def add_user(self, token: str, login: str = "ops") -> None:
@@ -181,10 +190,12 @@ class FakeWoodpecker:
         with self._lock:
             return self.repos[repo_id].pipelines[number]
 
-    def force_answers(self, *statuses: int, delay: float = 0.0) -> None:
-        """Answer the next requests with these statuses (empty body) before any routing."""
+    def force_answers(self, *statuses: int, delay: float = 0.0, body: bytes = b"",
+                      content_type: str | None = None, method: str | None = None) -> None:
+        """Answer the next requests (of `method`, or any) with these statuses, empty body unless given."""
+        headers = {"Content-Type": content_type} if content_type else {}
         with self._lock:
-            self.forced_answers.extend((status, delay) for status in statuses)
+            self.forced_answers.extend((method, status, delay, headers, body) for status in statuses)
 
     def api_requests(self, method: str | None = None) -> list[RecordedRequest]:
         with self._lock:
@@ -302,12 +313,14 @@ class FakeWoodpecker:
         parts = urlsplit(raw_path)
         with self._lock:
             self.requests.append(RecordedRequest(method, parts.path, parts.query, headers, body))
-            forced = self.forced_answers.pop(0) if self.forced_answers else None
+            forced = next((f for f in self.forced_answers if f[0] in (None, method)), None)
+            if forced is not None:
+                self.forced_answers.remove(forced)
         if forced is not None:
-            status, delay = forced
+            _, status, delay, headers, payload = forced
             if delay:
                 time.sleep(delay)
-            return status, {}, b""
+            return status, headers, payload
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         with self._lock:
             return self._route(method, parts.path, query, headers, body)
