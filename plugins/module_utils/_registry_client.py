@@ -161,6 +161,7 @@ class RegistryClient:
         backoff: float = 0.25,
         max_retry_after: float = 10.0,
         user_agent: str = "selfhosted.registry",
+        clock: t.Callable[[], float] = time.monotonic,
     ):
         if requests is None:
             raise RegistryError("The Python library requests is required to talk to a registry.")
@@ -191,6 +192,7 @@ class RegistryClient:
         self._tokens: t.Dict[str, _Token] = {}
         self._token_locks: t.Dict[str, threading.Lock] = {}
         self._request_count = 0
+        self._clock = clock  # token expiry only; tests pass their own
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.base_url!r})"
@@ -219,14 +221,14 @@ class RegistryClient:
     def _token_for(self, scope: str) -> str:
         with self._lock:
             token = self._tokens.get(scope)
-            if token and token.expires_at > time.monotonic():
+            if token and token.expires_at > self._clock():
                 return token.value
             scope_lock = self._token_locks.setdefault(scope, threading.Lock())
         # One token request per scope even when many workers need it at the same moment.
         with scope_lock:
             with self._lock:
                 token = self._tokens.get(scope)
-                if token and token.expires_at > time.monotonic():
+                if token and token.expires_at > self._clock():
                     return token.value
             token = self._fetch_token(scope)
             with self._lock:
@@ -271,7 +273,7 @@ class RegistryClient:
         finally:
             response.close()
         lifetime = max(lifetime, 1.0)
-        return _Token(value, time.monotonic() + max(lifetime - _TOKEN_MARGIN, lifetime / 2))
+        return _Token(value, self._clock() + max(lifetime - _TOKEN_MARGIN, lifetime / 2))
 
     def _auth_kwargs(self, scope: t.Optional[str]) -> t.Dict[str, t.Any]:
         if self._scheme == "basic":
