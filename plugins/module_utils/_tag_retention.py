@@ -428,6 +428,11 @@ class RegistryDeleteClient:
             return error.code, _error_code(body)
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise TagRetentionError(
+                    f"registry {self.url} presented a certificate that does not verify "
+                    f"({reason.verify_message}) while {what}; give its CA file."
+                ) from None
             raise TagRetentionError(f"registry {self.url} is unreachable while {what}: {reason}.") from None
 
     def check_access(self) -> None:
