@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 .ONESHELL:
 .SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
 
 VENV        := $(CURDIR)/.venv
 COLLECTIONS := $(CURDIR)/.cache/collections
@@ -11,36 +12,72 @@ export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH := false
 export PYTHONPATH := $(COLLECTIONS)
 export ANSIBLE_PYTHON_INTERPRETER := $(VENV)/bin/python
 
-.PHONY: setup demo test unit integration sanity lint build molecule bench clean
+# `make test` runs these in order and stops at the first that fails.
+TEST_STEPS  := unit integration sanity lint build molecule
+# Extra pytest options, e.g. `make unit PYTEST_ARGS="-k manifest -x"`.
+PYTEST_ARGS ?=
+PYTEST      := python -m pytest -c tests/pytest.ini
 
+.PHONY: help setup demo test unit integration sanity lint changelog build molecule bench clean
+
+help:  ## this list
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):.*## /  make \1\t/' | expand -t 20
+
+# Every target that needs the toolchain depends on setup; `make test` runs it once and tells the
+# steps it runs not to repeat it (SETUP_DONE).
 setup:  ## install system packages, the virtualenv and the collection tree (idempotent)
-	scripts/bootstrap
+	@[ -n "$${SETUP_DONE:-}" ] || scripts/bootstrap
 
 demo: setup  ## throwaway registry, the incident reproduced, the verifier's diagnosis
 	scripts/demo
 
-test: setup unit integration sanity lint build molecule  ## every check, as CI runs it
+test: setup  ## every check, as CI runs it; stops at the first failure
+	@results=(); status=0; started=$$SECONDS
+	for step in $(TEST_STEPS); do
+	  echo; echo "===== make $$step ====="
+	  start=$$SECONDS
+	  if SETUP_DONE=1 $(MAKE) --no-print-directory $$step; then
+	    results+=("passed  $$step ($$((SECONDS - start)) s)")
+	  else
+	    status=$$?
+	    results+=("FAILED  $$step ($$((SECONDS - start)) s), exit status $$status")
+	    break
+	  fi
+	done
+	echo; echo "===== make test summary ($$((SECONDS - started)) s) ====="
+	printf '  %s\n' "$${results[@]}"
+	for step in $(TEST_STEPS); do
+	  printf '%s\n' "$${results[@]}" | grep -q " $$step (" || echo "  not run $$step"
+	done
+	if [ "$$status" -ne 0 ]; then echo "make test: FAILED"; exit "$$status"; fi
+	echo "make test: all $(words $(TEST_STEPS)) steps passed"
 
-unit:
-	python -m pytest -c tests/pytest.ini tests/unit
+# pytest's own exit status decides: 5 (nothing collected) fails the step like any other
+# non-zero status, and tests/pytest_strict_outcomes.py makes a skipped test fail the run.
+unit: setup  ## unit tests
+	$(PYTEST) $(PYTEST_ARGS) tests/unit
 
-integration:
-	python -m pytest -c tests/pytest.ini tests/integration
+integration: setup  ## integration tests: real registry, garbage collector, sshd, ansible-playbook
+	$(PYTEST) $(PYTEST_ARGS) tests/integration
 
-sanity:
+sanity: setup  ## ansible-test sanity, every test, Python 3.11
 	scripts/sanity
 
-lint:
+lint: setup  ## ansible-lint (production profile), changelog fragments, shellcheck
 	scripts/lint
 
-build:
+changelog: setup  ## lint the changelog fragments (a release runs `antsibull-changelog release`)
+	antsibull-changelog lint
+	antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
+build: setup  ## build the collection artifact and run Galaxy's importer on it
 	scripts/build-and-import
 
-molecule:
+molecule: setup  ## the registry_vm role's scenario on a real Docker engine
 	scripts/molecule
 
 bench: setup  ## benchmarks, each against the method a user would otherwise use
 	scripts/bench
 
-clean:
-	rm -rf .cache tests/output benchmarks/results *.tar.gz
+clean:  ## remove build, sanity and test output (keeps .venv and the checked downloads in .cache/downloads)
+	rm -rf .cache/build .cache/sanity .cache/collections tests/output benchmarks/results *.tar.gz
