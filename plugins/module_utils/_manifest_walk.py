@@ -281,7 +281,9 @@ class ManifestWalker:
         """Verify explicit images. Raises WalkError when the registry cannot be used at all."""
         self._start()
         try:
-            for image in images:
+            # Digest-pinned references first: their node exists before any tag resolves to the same digest,
+            # so the count of requests does not depend on thread timing.
+            for image in sorted(images, key=lambda image: image.digest is None):
                 self._schedule(("manifest", image.repository, image.reference), "manifest")
             self._wait_idle()
         finally:

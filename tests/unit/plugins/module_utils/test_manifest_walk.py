@@ -1,0 +1,241 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The walk over a small loopback registry: dedup, chains, labels, filters.
+
+The same behaviours against the real registry are in tests/integration/test_registry_manifest_verify_live.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import typing as t
+
+import pytest
+
+from ansible_collections.selfhosted.registry.plugins.module_utils._image_reference import parse_image_reference
+from ansible_collections.selfhosted.registry.plugins.module_utils._manifest_walk import (
+    ManifestWalker,
+    WalkError,
+)
+from ansible_collections.selfhosted.registry.plugins.module_utils._registry_client import RegistryClient
+from tests.unit.plugins.module_utils.registry_fakes import FakeRegistry, Reply, digest_of, json_reply
+
+AMD64 = {"platform": {"os": "linux", "architecture": "amd64"}}
+ARM64 = {"platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}
+
+
+def attestation_of(subject: t.Dict[str, t.Any]) -> t.Dict[str, t.Any]:
+    return {
+        "platform": {"os": "unknown", "architecture": "unknown"},
+        "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                        "vnd.docker.reference.digest": subject["digest"]},
+    }
+
+
+@pytest.fixture
+def fake() -> t.Iterator[FakeRegistry]:
+    server = FakeRegistry().start()
+    yield server
+    server.stop()
+
+
+def walk(fake: FakeRegistry, *references: str, **kwargs: t.Any):
+    client = RegistryClient(fake.url, backoff=0.01, retries=1)
+    return ManifestWalker(client, **kwargs).verify([parse_image_reference(r) for r in references])
+
+
+def multi_arch(fake: FakeRegistry, repository: str, tag: str, base: bytes, seed: str) -> t.Dict[str, t.Dict]:
+    amd = fake.add_image(repository, [base, f"{seed}-amd".encode()], seed=f"{seed}-amd")
+    arm = fake.add_image(repository, [base, f"{seed}-arm".encode()], seed=f"{seed}-arm")
+    proof = fake.add_image(repository, [f"{seed}-provenance".encode()], seed=f"{seed}-proof")
+    index = fake.add_index(repository, [(amd, AMD64), (arm, ARM64), (proof, attestation_of(amd))], tag)
+    return {"index": index, "amd": amd, "arm": arm, "proof": proof}
+
+
+def requests_per_object(fake: FakeRegistry) -> collections.Counter:
+    return collections.Counter((s.method, s.path) for s in fake.seen if s.path != "/v2/")
+
+
+def test_every_object_is_requested_once_however_many_images_share_it(fake: FakeRegistry) -> None:
+    base = b"shared base layer"
+    references = []
+    for number in range(12):
+        multi_arch(fake, "infra-ci", f"build-{number}", base, f"b{number}")
+        references.append(f"infra-ci:build-{number}")
+    # The same index again by digest, and a second tag on it.
+    first = fake.manifests[("infra-ci", "build-0")]
+    fake.manifests[("infra-ci", "again")] = first
+    references += [f"infra-ci@{digest_of(first[0])}", "infra-ci:again"]
+
+    result = walk(fake, *references, concurrency=8)
+
+    assert result.ok, result.broken
+    counts = requests_per_object(fake)
+    assert max(counts.values()) == 1, [key for key, count in counts.items() if count > 1]
+    base_digest = digest_of(base)
+    assert counts[("HEAD", f"/v2/infra-ci/blobs/{base_digest}")] == 1
+    # Each tag must be asked once (13), the digest reference once, and 12 x 3 children.
+    assert result.summary.manifests == 13 + 1 + 12 * 3
+    assert result.summary.requests == len(fake.seen)
+
+
+def test_index_children_are_labelled_and_attestations_walked(fake: FakeRegistry) -> None:
+    pushed = multi_arch(fake, "app", "v1", b"base", "x")
+    result = walk(fake, "app:v1")
+    image = result.images[0]
+    assert image.digest == pushed["index"]["digest"]
+    assert image.media_type == "application/vnd.oci.image.index.v1+json"
+    assert [(c.digest, c.platform, c.kind) for c in image.children] == [
+        (pushed["amd"]["digest"], "linux/amd64", "image"),
+        (pushed["arm"]["digest"], "linux/arm64/v8", "image"),
+        (pushed["proof"]["digest"], "unknown/unknown", "attestation"),
+    ]
+    assert ("GET", f"/v2/app/manifests/{pushed['proof']['digest']}") in requests_per_object(fake)
+
+
+def test_missing_child_and_missing_layer_are_named_with_their_chains(fake: FakeRegistry) -> None:
+    pushed = multi_arch(fake, "infra-ci", "latest", b"base", "x")
+    del fake.manifests[("infra-ci", pushed["arm"]["digest"])]
+    amd_layer = digest_of(b"x-amd")
+    del fake.blobs[("infra-ci", amd_layer)]
+
+    result = walk(fake, "infra-ci:latest")
+
+    assert not result.ok
+    index = pushed["index"]["digest"]
+    found = {(b.object_type, b.digest): b for b in result.broken}
+    assert set(found) == {("manifest", pushed["arm"]["digest"]), ("layer", amd_layer)}
+    child = found[("manifest", pushed["arm"]["digest"])]
+    assert child.chain == ["infra-ci:latest", index, pushed["arm"]["digest"]]
+    assert (child.status, child.error_code) == (404, "MANIFEST_UNKNOWN")
+    assert child.message == (f"infra-ci:latest: child manifest {pushed['arm']['digest']} answered 404 MANIFEST_UNKNOWN.")
+    layer = found[("layer", amd_layer)]
+    assert layer.chain == ["infra-ci:latest", index, pushed["amd"]["digest"], amd_layer]
+    assert (layer.status, layer.error_code) == (404, "BLOB_UNKNOWN")
+    assert layer.message == f"infra-ci:latest: layer blob {amd_layer} answered 404 BLOB_UNKNOWN."
+    assert result.summary.broken_images == 1 and result.summary.broken_objects == 2
+
+
+def test_a_shared_broken_layer_is_reported_under_every_image_but_counted_once(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"shared", b"one"], tag="one")
+    fake.add_image("app", [b"shared", b"two"], tag="two")
+    fake.add_image("app", [b"three"], tag="three")
+    del fake.blobs[("app", digest_of(b"shared"))]
+    result = walk(fake, "app:one", "app:two", "app:three")
+    assert [b.reference for b in result.broken] == ["app:one", "app:two"]
+    assert [i.ok for i in result.images] == [False, False, True]
+    assert result.summary.broken_objects == 1
+    assert requests_per_object(fake)[("HEAD", f"/v2/app/blobs/{digest_of(b'shared')}")] == 1
+
+
+def test_missing_tag(fake: FakeRegistry) -> None:
+    result = walk(fake, "app:gone")
+    assert [(b.chain, b.object_type, b.digest, b.status, b.error_code) for b in result.broken] == [
+        (["app:gone"], "manifest", None, 404, "MANIFEST_UNKNOWN")
+    ]
+    assert result.images[0].digest is None and result.images[0].media_type is None
+
+
+def test_platform_filter_walks_only_the_chosen_children_and_their_attestations(fake: FakeRegistry) -> None:
+    pushed = multi_arch(fake, "app", "v1", b"base", "x")
+    del fake.manifests[("app", pushed["arm"]["digest"])]  # would be a finding if it were walked
+    result = walk(fake, "app:v1", platforms=["linux/amd64"])
+    assert result.ok
+    assert [c.kind for c in result.images[0].children] == ["image", "attestation"]
+    assert not fake.requests_to(pushed["arm"]["digest"])
+    # "linux/arm64" selects the v8 variant too.
+    result = walk(fake, "app:v1", platforms=["linux/arm64"])
+    assert [b.digest for b in result.broken] == [pushed["arm"]["digest"]]
+
+
+def test_foreign_layers_are_labelled_not_requested(fake: FakeRegistry) -> None:
+    config = fake.add_blob("win", b"{}")
+    own = fake.add_blob("win", b"own layer")
+    foreign = {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+               "digest": digest_of(b"foreign"), "size": 7, "urls": ["https://example.invalid/layer"]}
+    fake.add_manifest("win", {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                              "config": config, "layers": [foreign, own]}, "ltsc")
+    result = walk(fake, "win:ltsc")
+    assert result.ok
+    assert result.summary.foreign_layers == 1
+    assert not fake.requests_to(foreign["digest"])
+
+
+def test_unknown_media_type_is_a_finding(fake: FakeRegistry) -> None:
+    fake.add_manifest("old", {"schemaVersion": 1, "name": "old", "fsLayers": []}, "v1",
+                      media_type="application/vnd.docker.distribution.manifest.v1+prettyjws")
+    result = walk(fake, "old:v1")
+    assert [b.message for b in result.broken] == [
+        "old:v1: manifest has the unsupported media type 'application/vnd.docker.distribution.manifest.v1+prettyjws'."
+    ]
+
+
+def test_blob_size_different_from_the_descriptor_is_a_finding(fake: FakeRegistry) -> None:
+    descriptor = fake.add_image("app", [b"layer"], tag="v1")
+    body, media_type = fake.manifests[("app", "v1")]
+    fake.blobs[("app", digest_of(b"layer"))] = b"layer plus more"
+    result = walk(fake, "app:v1", blob_check="read")
+    assert [b.message for b in result.broken] == [
+        f"app:v1: layer blob {digest_of(b'layer')} is 15 bytes, but the manifest says 5."
+    ]
+    assert descriptor["digest"] in result.broken[0].chain
+
+
+def test_read_mode_catches_a_blob_whose_content_is_gone(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"layer"], tag="v1")
+    layer = digest_of(b"layer")
+    fake.routes[f"/v2/app/blobs/{layer}"] = lambda seen: Reply(200, b"", {"Content-Length": "5"}, cut_body=True)
+    assert walk(fake, "app:v1", blob_check="head").ok
+    result = walk(fake, "app:v1", blob_check="read")
+    assert [b.digest for b in result.broken] == [layer]
+
+
+def test_garbage_index_is_a_finding_not_a_crash(fake: FakeRegistry) -> None:
+    fake.add_manifest("app", {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                              "manifests": [{"digest": "../../etc/passwd"}]}, "bad")
+    fake.routes["/v2/app/manifests/html"] = lambda seen: Reply(200, b"<html>", {"Content-Type": "text/html"})
+    result = walk(fake, "app:bad", "app:html")
+    assert [b.message for b in result.broken] == [
+        "app:bad: manifest lists a child without a valid digest.",
+        "app:html: manifest is not JSON (text/html).",
+    ]
+
+
+def test_catalog_mode_filters_repositories(fake: FakeRegistry) -> None:
+    fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(200, {"repositories": ["team/a", "team/b", "other"]})
+    for repository in ("team/a", "team/b", "other"):
+        fake.add_image(repository, [repository.encode()], tag="v1")
+        fake.routes[f"/v2/{repository}/tags/list"] = (
+            lambda seen, r=repository: json_reply(200, {"name": r, "tags": ["v1", "gone"] if r == "team/b" else ["v1"]}))
+    client = RegistryClient(fake.url)
+    result = ManifestWalker(client).verify_catalog(["team/*"])
+    assert [i.reference for i in result.images] == ["team/a:v1", "team/b:gone", "team/b:v1"]
+    assert [b.reference for b in result.broken] == ["team/b:gone"]
+    assert not fake.requests_to("/v2/other/")
+
+
+def test_mirror_catalog_checks_only_the_tagged_manifests_with_head(fake: FakeRegistry) -> None:
+    pushed = multi_arch(fake, "library/alpine", "3", b"base", "x")
+    fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(200, {"repositories": ["library/alpine"]})
+    fake.routes["/v2/library/alpine/tags/list"] = lambda seen: json_reply(200, {"tags": ["3", "4"]})
+    result = ManifestWalker(RegistryClient(fake.url), descend=False).verify_catalog()
+    assert {(s.method, s.path.split("/")[-1]) for s in fake.seen if "/manifests/" in s.path} == {
+        ("HEAD", "3"), ("HEAD", "4"), ("GET", "4")}  # the GET only fetches the error code of the 404
+    assert [b.reference for b in result.broken] == ["library/alpine:4"]
+    assert result.images[0].digest == pushed["index"]["digest"]
+    assert not fake.requests_to("/blobs/")
+
+
+def test_unreachable_registry_stops_the_walk_with_one_sentence() -> None:
+    from tests.harness.registry import free_port
+
+    port = free_port()
+    walker = ManifestWalker(RegistryClient(f"http://127.0.0.1:{port}", retries=0))
+    with pytest.raises(WalkError) as caught:
+        walker.verify([parse_image_reference("app:v1")])
+    assert str(caught.value) == f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: connection refused."
+
+
+def test_bad_blob_check_mode() -> None:
+    with pytest.raises(ValueError, match="blob_check must be one of head, read"):
+        ManifestWalker(RegistryClient("http://127.0.0.1:1"), blob_check="sometimes")
