@@ -18,9 +18,14 @@ import time
 import typing as t
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+try:
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
+except ImportError as exc:  # the module reports this with missing_required_lib
+    REQUESTS_IMPORT_ERROR: t.Optional[ImportError] = exc
+else:
+    REQUESTS_IMPORT_ERROR = None
 
 NOT_FINISHED = frozenset({"created", "pending", "running"})
 BLOCKED = "blocked"
@@ -220,7 +225,7 @@ def _never_sent(exc: requests.exceptions.RequestException) -> bool:
     return isinstance(reason, (NewConnectionError, ConnectTimeoutError))
 
 
-class _BearerAuth(requests.auth.AuthBase):
+class _BearerAuth:
     """Adds the token per request; set as session auth so ~/.netrc can never replace it."""
 
     def __init__(self, token: str) -> None:
@@ -668,8 +673,8 @@ def _trigger(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionR
 def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionRequest) -> ActionOutcome:
     if request.pipeline is None:
         target = None
-        for index, candidate in enumerate(client.iter_pipelines(repo, max_pages=request.history_pages,
-                                                                 branch=branch)):
+        history = client.iter_pipelines(repo, max_pages=request.history_pages, branch=branch)
+        for index, candidate in enumerate(history):
             if index == 0 and not request.force and candidate.status not in FAILED:
                 # The newest pipeline on the branch did not fail: there is nothing to rebuild.
                 return _outcome(client, repo, client.get_pipeline(repo, candidate.number), reused=True)
