@@ -624,8 +624,13 @@ class StorageReader:
     def linked(self, repository_dir: str, digest: str, where: str) -> bool:
         """Fresh check that the repository links digest as a revision or as a layer."""
         parts = ("_manifests", "revisions") if where == "revision" else ("_layers",)
-        path = os.path.join(repository_dir, *parts, "sha256", digest[7:], "link")
-        found, _ = self.read_link(path)
+        path = repository_dir
+        # Each directory on the way must be real, or the read would follow a symlink.
+        for part in parts + ("sha256", digest[7:]):
+            path = os.path.join(path, part)
+            if _directory_problem(path):
+                return False
+        found, _ = self.read_link(os.path.join(path, "link"))
         return found == digest
 
 
