@@ -162,13 +162,13 @@ class ImagePusher:
         *,
         username: str | None = None,
         password: str | None = None,
-        check_existing: bool = True,
+        check_existing: bool = False,
     ) -> None:
         self.server = server
         self.username = username if username is not None else server.username
         self.password = password if password is not None else server.password
-        # HEAD before upload saves bytes; turn it off to upload every blob even when the
-        # registry claims to have it (its blob-descriptor cache can lie after GC).
+        # Off by default: test blobs are tiny, so uploading again is cheaper than a HEAD, and a HEAD
+        # can be answered by the blob-descriptor cache for data a GC already deleted.
         self.check_existing = check_existing
         self.session = requests.Session()
         self.session.verify = server.verify
@@ -238,21 +238,23 @@ class ImagePusher:
                 return response
         return response
 
-    def repo_request(self, method: str, repository: str, tail: str, *, actions: str = "pull", **kwargs: t.Any) -> requests.Response:
+    def repo_request(
+        self, method: str, repository: str, tail: str, *, actions: str = "pull", **kwargs: t.Any
+    ) -> requests.Response:
         quoted = urllib.parse.quote(repository, safe="/")
-        return self.request(
-            method, f"/v2/{quoted}/{tail}", scope=f"repository:{repository}:{actions}", **kwargs
-        )
+        return self.request(method, f"/v2/{quoted}/{tail}", scope=f"repository:{repository}:{actions}", **kwargs)
 
     # -- reading (oracle side) -----------------------------------------------------------------
-    def get_manifest(self, repository: str, reference: str, *, accept: str = ACCEPT_ALL, method: str = "GET") -> requests.Response:
+    def get_manifest(
+        self, repository: str, reference: str, *, accept: str = ACCEPT_ALL, method: str = "GET"
+    ) -> requests.Response:
         return self.repo_request(method, repository, f"manifests/{reference}", headers={"Accept": accept})
 
     def head_blob(self, repository: str, digest: str) -> requests.Response:
         return self.repo_request("HEAD", repository, f"blobs/{digest}")
 
     def blob_status(self, repository: str, digest: str) -> int:
-        """200 only when a first byte really arrives; otherwise the status (a 200 without bytes, or a cut-off body, is 410).
+        """200 only when a first byte really arrives, else the status (410 for a 200 with no or a cut-off body).
 
         HEAD is not enough: after GC the blob-descriptor cache answers HEAD (and GET headers) for
         deleted data, and the GET body is then empty.
@@ -322,7 +324,9 @@ class ImagePusher:
             headers={"Content-Type": "application/octet-stream"},
         )
         if finished.status_code != 201:
-            raise PushError(f"{repository}: blob {digest} upload answered {finished.status_code}: {finished.text[:200]}")
+            raise PushError(
+                f"{repository}: blob {digest} upload answered {finished.status_code}: {finished.text[:200]}"
+            )
         known.add(digest)
         return digest
 
@@ -338,7 +342,9 @@ class ImagePusher:
             headers={"Content-Type": media_type},
         )
         if response.status_code != 201:
-            raise PushError(f"{repository}:{reference}: manifest PUT answered {response.status_code}: {response.text[:300]}")
+            raise PushError(
+                f"{repository}:{reference}: manifest PUT answered {response.status_code}: {response.text[:300]}"
+            )
         answered = response.headers.get("Docker-Content-Digest")
         if answered != digest:
             raise PushError(f"{repository}:{reference}: registry stored {answered}, expected {digest}")
@@ -503,7 +509,12 @@ class ImagePusher:
         proofs = [self.push_attestation(repository, image, seed=seed) for image in images] if attestations else []
 
         descriptors: list[dict[str, t.Any]] = [
-            {"mediaType": image.media_type, "digest": image.digest, "size": image.size, "platform": parse_platform(image.platform or "")}
+            {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": image.size,
+                "platform": parse_platform(image.platform or ""),
+            }
             for image in images
         ]
         descriptors += [

@@ -223,7 +223,9 @@ class RegistryServer:
                 self.token_issuer.stop()
 
     # -- garbage collection -------------------------------------------------------------------
-    def garbage_collect(self, *, delete_untagged: bool = False, dry_run: bool = False) -> subprocess.CompletedProcess[str]:
+    def garbage_collect(
+        self, *, delete_untagged: bool = False, dry_run: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real `docker-registry garbage-collect` on config_path; the caller reads returncode."""
         command = [REGISTRY_BINARY, "garbage-collect"]
         if dry_run:
@@ -269,7 +271,11 @@ def _base_config(storage_root: pathlib.Path, log_level: str) -> dict[str, t.Any]
             "cache": {"blobdescriptor": "inmemory"},
             "maintenance": {"uploadpurging": {"enabled": False}, "readonly": {"enabled": False}},
         },
-        "http": {"addr": "127.0.0.1:0", "secret": secrets.token_hex(16), "headers": {"X-Content-Type-Options": ["nosniff"]}},
+        "http": {
+            "addr": "127.0.0.1:0",
+            "secret": secrets.token_hex(16),
+            "headers": {"X-Content-Type-Options": ["nosniff"]},
+        },
         "health": {"storagedriver": {"enabled": False}},
         # 2.8.2 refuses every foreign-layer URL ("invalid URL on layer") unless an allow list matches;
         # loopback only, so foreign-layer manifests can be pushed and nothing ever fetches them.

@@ -121,9 +121,7 @@ def make_server_tls(directory: pathlib.Path, names: tuple[str, ...] = LOOPBACK_N
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key()), critical=False)
         .sign(ca.private_key, hashes.SHA256())
     )
     return ServerTLS(ca=ca, server=_write(directory, "server", cert, key))

@@ -53,7 +53,9 @@ def test_v2_answers_with_its_auth(any_registry, make_pusher):
 
 
 def test_basic_auth_refuses_a_wrong_password(registry_basic, make_pusher):
-    good = requests.get(f"{registry_basic.url}/v2/", auth=(registry_basic.username, registry_basic.password), timeout=10)
+    good = requests.get(
+        f"{registry_basic.url}/v2/", auth=(registry_basic.username, registry_basic.password), timeout=10
+    )
     wrong = requests.get(f"{registry_basic.url}/v2/", auth=(registry_basic.username, "wrong"), timeout=10)
     assert (good.status_code, wrong.status_code) == (200, 401)
     htpasswd = (registry_basic.workdir / "htpasswd").read_text()
@@ -124,6 +126,8 @@ def test_token_requests_are_recorded(registry_token, make_pusher):
     pusher = make_pusher(registry_token)
     pusher.push_image("infra-ci", "a", seed="a")
     pusher.push_image("infra-ci", "b", seed="b")
+    assert pusher.get_manifest("infra-ci", "a").status_code == 200
+    assert pusher.get_manifest("infra-ci", "b").status_code == 200
     granted = [r for r in issuer.requests if r.status == 200]
     # The pusher caches per scope: one token for reads, one for writes in that repository.
     assert sorted(r.requested_scopes for r in granted) == [
@@ -152,7 +156,10 @@ def test_oci_index_children_need_the_oci_accept_types(registry, pusher):
         assert "sha256:" + hashlib.sha256(full.content).hexdigest() == child.digest
         for method in ("GET", "HEAD"):
             # The registry.md quirk: without the OCI types a healthy OCI manifest answers 404.
-            assert pusher.get_manifest("infra-ci", child.digest, accept=ACCEPT_DOCKER_ONLY, method=method).status_code == 404
+            assert (
+                pusher.get_manifest("infra-ci", child.digest, accept=ACCEPT_DOCKER_ONLY, method=method).status_code
+                == 404
+            )
         for blob in child.blob_digests:
             assert pusher.blob_exists("infra-ci", blob)
     for proof in index.attestation_children:
