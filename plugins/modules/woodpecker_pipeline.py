@@ -130,7 +130,8 @@ attributes:
       - V(trigger) is idempotent only with O(idempotency_key). V(restart) of a given number returns the pipeline a
         previous restart created. V(restart) without a number restarts only when the newest pipeline on the branch
         failed. V(cancel) of a finished pipeline changes nothing. V(status) never changes anything.
-      - C(changed) is true only when a pipeline was started, restarted or canceled by this task.
+      - C(changed) is true only when this task started, restarted or canceled a pipeline (or made the server store
+        one already in error).
 notes:
   - Run it where the Woodpecker server is reachable, usually with O(ignore:delegate_to=localhost).
   - The C(latest) route of Woodpecker returns push pipelines only, so the module never uses it to find a manual
@@ -193,7 +194,10 @@ msg:
   type: str
   sample: Started Woodpecker pipeline infra/ci-image#432 (manual on main), finished with status success.
 changed:
-  description: True when a pipeline was started, restarted or canceled (in check mode, when one would be).
+  description:
+    - True when a pipeline was started, restarted or canceled (in check mode, when one would be).
+    - Also true on a failure where the request made the server store a pipeline already in C(error) (the
+      configuration could not be fetched, or a restart lost its definition); that pipeline is then returned.
   returned: always
   type: bool
   sample: true
@@ -529,13 +533,15 @@ def main() -> None:
         client = WoodpeckerClient(params["server_url"], params["token"], verify=verify,
                                   timeout=float(params["timeout"]))
     except WoodpeckerError as exc:
-        module.fail_json(msg=str(exc), **_EMPTY_PIPELINE)
+        module.fail_json(msg=str(exc), changed=False, **_EMPTY_PIPELINE)
     try:
         outcome = run_action(client, request)
     except WoodpeckerError as exc:
-        result = dict(_EMPTY_PIPELINE)
-        if exc.pipeline is not None:  # e.g. the pipeline stored in error when the config could not be fetched
-            result.update(_pipeline_fields(exc.pipeline))
+        result = dict(_EMPTY_PIPELINE, changed=False)
+        if exc.pipeline is not None:
+            # The server stored a pipeline already in error (its configuration could not be fetched, or a
+            # restart lost its definition): the request did create something, so report it and changed.
+            result.update(_pipeline_fields(exc.pipeline), changed=True)
         module.fail_json(msg=str(exc), **result)
     finally:
         client.close()
