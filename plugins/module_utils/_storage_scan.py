@@ -226,6 +226,13 @@ def resolve_storage_root(path: str) -> str:
         return os.path.abspath(nested)
     if os.path.isdir(os.path.join(path, "repositories")) or os.path.isdir(os.path.join(path, "blobs")):
         return os.path.abspath(path)
+    try:
+        empty = not os.listdir(path)
+    except OSError as error:
+        raise ScanError(f"storage root {path} cannot be listed: {error.strerror}") from None
+    if empty:
+        # A registry that never stored anything has an empty rootdirectory: an empty store, not an error.
+        return os.path.abspath(nested)
     raise ScanError(
         f"storage root {path} holds no registry storage (neither docker/registry/v2 nor repositories/ or blobs/)"
     )

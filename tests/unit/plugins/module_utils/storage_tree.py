@@ -188,3 +188,22 @@ class StorageTree:
                 info = os.lstat(path)
                 rows.append((os.path.relpath(path, self.root), oct(info.st_mode), info.st_size))
         return rows
+
+
+TOOL_FILES = ("_storage_scan.py", "_gc_guard.py", "_report_files.py", "_registry_tools_cli.py")
+MODULE_UTILS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "plugins", "module_utils"
+)
+
+
+def install_registry_tools(destination: str) -> str:
+    """Lay the four stdlib files out as the role does (package ``registry_tools``); return its parent."""
+    package = os.path.join(str(destination), "registry_tools")
+    os.makedirs(package, exist_ok=True)
+    for name in TOOL_FILES:
+        with open(os.path.join(MODULE_UTILS, name), "rb") as source:
+            data = source.read()
+        with open(os.path.join(package, name), "wb") as target:
+            target.write(data)
+    open(os.path.join(package, "__init__.py"), "w").close()
+    return str(destination)

@@ -68,15 +68,20 @@ def test_accepts_the_v2_directory_as_well_as_the_rootdirectory(tree):
     assert scan_storage(tree.v2).revisions == scan_storage(tree.root).revisions == 10
 
 
-@pytest.mark.parametrize("make", ["missing", "file", "empty_dir"])
+@pytest.mark.parametrize("make", ["missing", "file", "unrelated_dir"])
 def test_unusable_root_is_one_clear_error(tmp_path, make):
     path = tmp_path / "root"
     if make == "file":
         path.write_text("x")
-    elif make == "empty_dir":
-        path.mkdir()
+    elif make == "unrelated_dir":
+        (path / "photos").mkdir(parents=True)
     with pytest.raises(ScanError, match=re.escape(str(path))):
         scan_storage(str(path))
+
+
+def test_empty_rootdirectory_of_a_fresh_registry_is_an_empty_store(tmp_path):
+    result = scan_storage(str(tmp_path))
+    assert result.clean and result.repositories == 0 and result.findings == []
 
 
 def test_store_without_repositories_is_clean(tmp_path):
