@@ -8,6 +8,7 @@ what it pushed, and what it reads back, is independent of the code under test.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
@@ -583,3 +584,36 @@ class ImagePusher:
             layers=[foreign_layer, own_layer],
             foreign_layer_digests=[foreign_digest],
         )
+
+    def push_many(
+        self,
+        repository: str,
+        tags: t.Sequence[str],
+        *,
+        kind: str = "image",
+        fmt: str = "oci",
+        seed: str = "",
+        workers: int = 4,
+    ) -> list[PushedImage | PushedIndex]:
+        """Push one distinct image (or index, ``kind="index"``) per tag, seeded by the tag; results in tag order.
+
+        Each worker thread has its own pusher and session (a requests.Session is not thread-safe).
+        """
+        if kind not in ("image", "index"):
+            raise ValueError(f"kind must be 'image' or 'index', not {kind!r}")
+
+        def push_slice(chunk: t.Sequence[str]) -> list[PushedImage | PushedIndex]:
+            worker = ImagePusher(self.server, username=self.username, password=self.password)
+            try:
+                if kind == "image":
+                    return [worker.push_image(repository, tag, fmt=fmt, seed=f"{seed}|{tag}") for tag in chunk]
+                return [worker.push_index(repository, tag, fmt=fmt, seed=f"{seed}|{tag}") for tag in chunk]
+            finally:
+                worker.session.close()
+
+        workers = max(1, min(workers, len(tags)))
+        chunks = [list(tags[i::workers]) for i in range(workers)]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(push_slice, chunks))
+        by_tag = {pushed.tag: pushed for chunk in results for pushed in chunk}
+        return [by_tag[tag] for tag in tags]

@@ -222,6 +222,13 @@ class RegistryServer:
             if self.token_issuer is not None:
                 self.token_issuer.stop()
 
+    def __enter__(self) -> RegistryServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- garbage collection -------------------------------------------------------------------
     def garbage_collect(
         self, *, delete_untagged: bool = False, dry_run: bool = False

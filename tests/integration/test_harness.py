@@ -195,6 +195,17 @@ def test_seeds_make_distinct_images_and_shared_layers_are_shared(registry, pushe
     assert again.digest == first.digest
 
 
+def test_push_many_pushes_distinct_tags_in_parallel(registry_token, make_pusher):
+    pusher = make_pusher(registry_token)
+    tags = [f"build-{n}" for n in range(12)]
+    pushed = pusher.push_many("ci/bulk", tags, workers=3)
+    assert [p.tag for p in pushed] == tags
+    assert len({p.digest for p in pushed}) == len(tags)
+    assert sorted(pusher.list_tags("ci/bulk")) == sorted(tags)
+    indexes = pusher.push_many("ci/multi", ["a", "b"], kind="index", workers=2)
+    assert all(pusher.get_manifest("ci/multi", i.tag).content == i.manifest_bytes for i in indexes)
+
+
 def test_foreign_layer_is_listed_not_uploaded(registry, pusher):
     image = pusher.push_foreign_layer_image("windows/base", "ltsc2022")
     manifest = json.loads(pusher.get_manifest("windows/base", "ltsc2022").content)
