@@ -95,9 +95,8 @@ def reproduce_incident(
 
     if variant == "tag_dirs_removed":
         # The daily clean-up: delete old build tags straight from the filesystem.
-        tags_dir = server.tree / "repositories" / repository / "_manifests" / "tags"
         for child_tag in child_tags or []:
-            shutil.rmtree(tags_dir / child_tag)
+            shutil.rmtree(server.tag_path(repository, child_tag))
 
     gc_result = _run_gc_stopped(server)
 

@@ -115,6 +115,25 @@ class RegistryServer:
         """The storage tree the registry writes: blobs/ and repositories/ live here."""
         return self.storage_root / "docker" / "registry" / "v2"
 
+    def repository_path(self, repository: str) -> pathlib.Path:
+        return self.tree / "repositories" / repository
+
+    def blob_data_path(self, digest: str) -> pathlib.Path:
+        algorithm, _, hex_digest = digest.partition(":")
+        return self.tree / "blobs" / algorithm / hex_digest[:2] / hex_digest / "data"
+
+    def revision_link_path(self, repository: str, digest: str) -> pathlib.Path:
+        algorithm, _, hex_digest = digest.partition(":")
+        return self.repository_path(repository) / "_manifests" / "revisions" / algorithm / hex_digest / "link"
+
+    def layer_link_path(self, repository: str, digest: str) -> pathlib.Path:
+        algorithm, _, hex_digest = digest.partition(":")
+        return self.repository_path(repository) / "_layers" / algorithm / hex_digest / "link"
+
+    def tag_path(self, repository: str, tag: str) -> pathlib.Path:
+        """The tag's directory; ``current/link`` inside it holds what the tag resolves to."""
+        return self.repository_path(repository) / "_manifests" / "tags" / tag
+
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
@@ -259,8 +278,14 @@ class RegistryServer:
 
 
 def _htpasswd_entry(username: str, password: str) -> str:
+    # -i: the password goes through stdin, never onto a command line other processes can read.
     result = subprocess.run(
-        [HTPASSWD_BINARY, "-Bbn", username, password], capture_output=True, text=True, check=False, timeout=60
+        [HTPASSWD_BINARY, "-nBi", username],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     if result.returncode != 0 or not result.stdout.startswith(f"{username}:$2"):
         raise RegistryStartError(f"htpasswd could not make a bcrypt entry for {username}: {result.stderr.strip()}")

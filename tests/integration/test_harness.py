@@ -253,12 +253,16 @@ def test_a_registry_that_cannot_start_fails_loudly(tmp_path):
 
 def test_garbage_collect_dry_run_deletes_nothing(registry, pusher):
     image = pusher.push_image("infra-ci", "v1")
+    config_data = registry.blob_data_path(image.config_digest)
+    assert config_data.is_file()
+    assert registry.layer_link_path("infra-ci", image.config_digest).read_text() == image.config_digest
+    assert registry.revision_link_path("infra-ci", image.digest).read_text() == image.digest
+    assert registry.tag_path("infra-ci", "v1").joinpath("current", "link").read_text() == image.digest
     assert pusher.delete_manifest("infra-ci", image.digest).status_code == 202
     registry.stop()
     dry = registry.garbage_collect(dry_run=True)
     assert dry.returncode == 0
     assert f"blob eligible for deletion: {image.config_digest}" in dry.stdout + dry.stderr
-    config_data = registry.tree / "blobs" / "sha256" / image.config_digest[7:9] / image.config_digest[7:] / "data"
     assert config_data.is_file()
     real = registry.garbage_collect()
     assert real.returncode == 0 and not config_data.exists()
@@ -287,8 +291,8 @@ def _assert_incident(incident, pusher):
         response = pusher.get_manifest(incident.repository, digest, accept=ACCEPT_ALL)
         assert response.status_code == 404 and "MANIFEST_UNKNOWN" in response.text
         # The bytes stay in blobs/; only the revision link is gone.
-        hex_digest = digest[7:]
-        assert (incident.server.tree / "blobs" / "sha256" / hex_digest[:2] / hex_digest / "data").is_file()
+        assert incident.server.blob_data_path(digest).is_file()
+        assert not incident.server.revision_link_path(incident.repository, digest).exists()
     for digest in incident.missing_blobs:
         assert pusher.blob_status(incident.repository, digest) == 404
     assert incident.keep_image.layer_digests[0] in incident.surviving_blobs
