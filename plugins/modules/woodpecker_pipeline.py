@@ -9,8 +9,8 @@ module: woodpecker_pipeline
 short_description: Trigger, restart, cancel or watch a Woodpecker CI pipeline
 version_added: 0.1.0
 description:
-  - Rebuilds through Woodpecker CI (1.0 or later), for example the CI image whose registry manifests were lost:
-    starts a manual pipeline on a branch, restarts a pipeline, cancels one, or reports one.
+  - Rebuilds through Woodpecker CI (1.0 or later), for example the CI image whose registry manifests were lost.
+    It starts a manual pipeline on a branch, restarts a pipeline, cancels one, or reports one.
   - Optionally waits until the pipeline finishes and then fails the task when it did not succeed, naming the
     failing step and showing the last lines of its log.
   - Handles the Woodpecker answers that are easy to misread. A trigger answered C(204 Pipeline-Filtered) (no
@@ -54,7 +54,7 @@ options:
     description:
       - Pipeline variables for a manual trigger (strings; numbers and booleans are converted).
       - For a restart that falls back to a trigger they are added to the original pipeline's variables.
-      - Woodpecker shows them in the UI to anyone who can read the repository: never pass secrets here.
+      - Woodpecker shows them in the UI to anyone who can read the repository, so never pass secrets here.
     type: dict
     default: {}
   pipeline:
