@@ -5,6 +5,9 @@
 A tagged multi-arch OCI index keeps answering 200 while `garbage-collect --delete-untagged` has removed
 its children: every child manifest answers 404 and their configs and layers are gone, except layers
 another tagged image still uses. What is missing is measured over HTTP afterwards, never assumed.
+
+Variants: ``untagged_children`` (children never tagged, GC -m), ``tag_dirs_removed`` (per-build child
+tags removed with rm -rf, GC -m), ``children_deleted_by_api`` (children DELETEd by digest, plain GC).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import subprocess
 from .images import ImagePusher, PushedImage, PushedIndex, make_layer
 from .registry import RegistryServer
 
-VARIANTS = ("untagged_children", "tag_dirs_removed")
+VARIANTS = ("untagged_children", "tag_dirs_removed", "children_deleted_by_api")
 
 
 class IncidentNotReproduced(AssertionError):
@@ -41,14 +44,14 @@ class Incident:
         return f"{self.server.host}/{self.repository}:{self.tag}"
 
 
-def _run_gc_stopped(server: RegistryServer) -> subprocess.CompletedProcess[str]:
-    """Stop, `garbage-collect --delete-untagged`, start: the order the nightly job uses."""
+def _run_gc_stopped(server: RegistryServer, *, delete_untagged: bool) -> subprocess.CompletedProcess[str]:
+    """Stop, garbage-collect, start: the order the nightly job uses."""
     server.stop()
-    result = server.garbage_collect(delete_untagged=True)
+    result = server.garbage_collect(delete_untagged=delete_untagged)
     server.start()
     if result.returncode != 0:
         raise IncidentNotReproduced(
-            f"garbage-collect --delete-untagged exited {result.returncode}: {(result.stdout + result.stderr)[-2000:]}"
+            f"garbage-collect exited {result.returncode}: {(result.stdout + result.stderr)[-2000:]}"
         )
     return result
 
@@ -62,11 +65,13 @@ def reproduce_incident(
     variant: str = "untagged_children",
     keep_image: PushedImage | None = None,
     seed: str = "",
+    fmt: str = "oci",
 ) -> Incident:
     """Push, break with the real GC, measure. Raises IncidentNotReproduced if the GC did not break it.
 
     ``keep_image``: a tagged image (pushed by the caller, any repository on this server) whose layers
     the index children share; by default one is pushed as ``<repository>:<tag>-base``.
+    ``fmt="docker"`` breaks a Docker manifest list the same way.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, not {variant!r}")
@@ -85,7 +90,7 @@ def reproduce_incident(
     index = pusher.push_index(
         repository,
         tag,
-        fmt="oci",
+        fmt=fmt,
         platforms=platforms,
         attestations=True,
         shared_layers=shared_layers,
@@ -98,7 +103,15 @@ def reproduce_incident(
         for child_tag in child_tags or []:
             shutil.rmtree(server.tag_path(repository, child_tag))
 
-    gc_result = _run_gc_stopped(server)
+    if variant == "children_deleted_by_api":
+        # A clean-up tool deleting "untagged" manifests by digest: the registry accepts it (202)
+        # although the tagged index still lists them; a plain GC then sweeps their blobs.
+        for child in index.children:
+            response = pusher.delete_manifest(repository, child.digest)
+            if response.status_code != 202:
+                raise IncidentNotReproduced(f"DELETE of child {child.digest} answered {response.status_code}")
+
+    gc_result = _run_gc_stopped(server, delete_untagged=variant != "children_deleted_by_api")
 
     # Measure over HTTP on the restarted registry (its blob-descriptor cache is empty again).
     if pusher.get_manifest(repository, tag).status_code != 200:

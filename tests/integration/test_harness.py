@@ -311,6 +311,18 @@ def test_incident_tag_dirs_removed(registry, pusher):
     _assert_incident(incident, pusher)
 
 
+def test_incident_children_deleted_by_api(registry, pusher):
+    incident = reproduce_incident(registry, pusher, variant="children_deleted_by_api")
+    assert "--delete-untagged" not in " ".join(incident.gc_result.args)
+    _assert_incident(incident, pusher)
+
+
+def test_incident_on_a_docker_manifest_list(registry, pusher):
+    incident = reproduce_incident(registry, pusher, "legacy/app", "stable", fmt="docker")
+    assert incident.index.media_type == DOCKER_LIST
+    _assert_incident(incident, pusher)
+
+
 def test_incident_with_the_kept_image_in_another_repository(registry, pusher):
     keeper = pusher.push_image("base/debian", "bookworm", layers=[make_layer("debian rootfs")])
     incident = reproduce_incident(registry, pusher, keep_image=keeper)
