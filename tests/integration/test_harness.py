@@ -24,6 +24,7 @@ from tests.harness.images import (
 )
 from tests.harness.incident import IncidentNotReproduced, reproduce_incident
 from tests.harness.registry import RegistryStartError, start_registry
+from tests.harness.token_issuer import TokenIssuer
 
 
 def _claims(token: str) -> dict:
@@ -119,6 +120,26 @@ def test_token_issuer_limits_the_readonly_user_to_pull(registry_token, make_push
     with pytest.raises(PushError):
         reader.push_image("infra-ci", "v2", seed="reader")
     assert reader.request("GET", "/v2/_catalog").status_code == 401
+
+
+def test_registry_checks_the_token_signature_and_scope(registry_token, make_pusher, tmp_path):
+    issuer = registry_token.token_issuer
+    make_pusher(registry_token).push_image("infra-ci", "v1")
+    url = f"{registry_token.url}/v2/infra-ci/manifests/v1"
+    pull = [{"type": "repository", "name": "infra-ci", "actions": ["pull"]}]
+
+    def status(token):
+        headers = {"Authorization": f"Bearer {token}", "Accept": ACCEPT_ALL}
+        return requests.get(url, headers=headers, timeout=10).status_code
+
+    assert status(issuer.issue(registry_token.username, pull)) == 200
+    # Same names, another key: the registry must not trust it.
+    impostor = TokenIssuer(tmp_path, {}, service=issuer.service, issuer=issuer.issuer)
+    assert status(impostor.issue(registry_token.username, pull)) == 401
+    # Right key, no access to this repository.
+    other = [{"type": "repository", "name": "other", "actions": ["pull"]}]
+    assert status(issuer.issue(registry_token.username, other)) == 401
+    assert status(issuer.issue(registry_token.username, pull, expires_in=-60)) == 401
 
 
 def test_token_requests_are_recorded(registry_token, make_pusher):
