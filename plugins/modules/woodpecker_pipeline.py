@@ -500,25 +500,8 @@ def _check_mode_result(params: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
     return result
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC,
-        mutually_exclusive=[("repo", "repo_id")],
-        required_one_of=[("repo", "repo_id")],
-        required_if=[("action", "cancel", ["pipeline"])],
-        supports_check_mode=True,
-    )
-    params = module.params
-    if REQUESTS_IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("requests"), exception=str(REQUESTS_IMPORT_ERROR))
-    for option in ("wait_timeout", "log_lines", "timeout"):
-        if params[option] < 0:
-            module.fail_json(msg=f"{option} must not be negative, not {params[option]}.")
-    if params["poll_interval"] <= 0:
-        module.fail_json(msg=f"poll_interval must be positive, not {params['poll_interval']}.")
-    if module.check_mode:
-        module.exit_json(**_check_mode_result(params))
-
+def _run(params: t.Mapping[str, t.Any]) -> t.Tuple[t.Optional[ActionOutcome], t.Optional[WoodpeckerError]]:
+    """Build the client and do the action: the outcome, or the error to report."""
     verify: t.Union[bool, str] = bool(params["validate_certs"])
     if verify and params["ca_path"]:
         verify = params["ca_path"]
@@ -533,18 +516,45 @@ def main() -> None:
         client = WoodpeckerClient(params["server_url"], params["token"], verify=verify,
                                   timeout=float(params["timeout"]))
     except WoodpeckerError as exc:
-        module.fail_json(msg=str(exc), changed=False, **_EMPTY_PIPELINE)
+        return None, exc
     try:
-        outcome = run_action(client, request)
+        return run_action(client, request), None
     except WoodpeckerError as exc:
-        result = dict(_EMPTY_PIPELINE, changed=False)
-        if exc.pipeline is not None:
-            # The server stored a pipeline already in error (its configuration could not be fetched, or a
-            # restart lost its definition): the request did create something, so report it and changed.
-            result.update(_pipeline_fields(exc.pipeline), changed=True)
-        module.fail_json(msg=str(exc), **result)
+        return None, exc
     finally:
         client.close()
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC,
+        mutually_exclusive=[("repo", "repo_id")],
+        required_one_of=[("repo", "repo_id")],
+        required_if=[("action", "cancel", ["pipeline"])],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if REQUESTS_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("requests"), exception=str(REQUESTS_IMPORT_ERROR))
+    for option in ("wait_timeout", "log_lines"):
+        if params[option] < 0:
+            module.fail_json(msg=f"{option} must not be negative, not {params[option]}.")
+    for option in ("timeout", "poll_interval"):
+        if params[option] <= 0:
+            module.fail_json(msg=f"{option} must be positive, not {params[option]}.")
+    if module.check_mode:
+        module.exit_json(**_check_mode_result(params))
+
+    outcome, error = _run(params)
+    # Failing outside the except block: a user error is one sentence, with no traceback attached.
+    if error is not None:
+        result = dict(_EMPTY_PIPELINE, changed=False)
+        if error.pipeline is not None:
+            # The server stored a pipeline already in error (its configuration could not be fetched, or a
+            # restart lost its definition): the request did create something, so report it and changed.
+            result.update(_pipeline_fields(error.pipeline), changed=True)
+        module.fail_json(msg=str(error), **result)
+    assert outcome is not None
 
     for warning in outcome.warnings:
         module.warn(warning)

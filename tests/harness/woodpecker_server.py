@@ -193,9 +193,12 @@ class FakeWoodpecker:
             return self.repos[repo_id].pipelines[number]
 
     def force_answers(self, *statuses: int, delay: float = 0.0, body: bytes = b"",
-                      content_type: str | None = None, method: str | None = None) -> None:
+                      content_type: str | None = None, method: str | None = None,
+                      headers: dict[str, str] | None = None) -> None:
         """Answer the next requests (of `method`, or any) with these statuses, empty body unless given."""
-        headers = {"Content-Type": content_type} if content_type else {}
+        headers = dict(headers or {})
+        if content_type:
+            headers["Content-Type"] = content_type
         with self._lock:
             self.forced_answers.extend((method, status, delay, headers, body) for status in statuses)
 

@@ -487,8 +487,8 @@ def test_trigger_wait_failure_collects_the_failing_step_log_tail(any_version: tu
     assert clock.sleeps == [5, 5, 5]
 
 
-def test_wait_gives_up_at_the_timeout_and_treats_unknown_statuses_as_running(fake: tuple[FakeWoodpecker, int]
-                                                                            ) -> None:
+def test_wait_gives_up_at_the_timeout_and_treats_unknown_statuses_as_running(
+        fake: tuple[FakeWoodpecker, int]) -> None:
     server, repo_id = fake
     number = server.add_pipeline(repo_id, status="waiting-for-something-new")
     client = client_for(server)
@@ -558,14 +558,23 @@ def test_reads_are_retried_on_5xx_with_backoff(fake: tuple[FakeWoodpecker, int])
     assert sleeps == [0.5, 1.0]
 
 
-def test_reads_give_up_after_the_retries(fake: tuple[FakeWoodpecker, int]) -> None:
+def test_retry_after_is_honoured_and_clamped(fake: tuple[FakeWoodpecker, int]) -> None:
     server, _ = fake
-    server.force_answers(500, 500, 500)
+    server.force_answers(503, headers={"Retry-After": "2"})
+    server.force_answers(503, headers={"Retry-After": "3600"})
+    sleeps = Sleeps()
+    client_for(server, sleep=sleeps).lookup_repo("acme/app")
+    assert sleeps == [2.0, 30.0]
+
+
+def test_reads_give_up_after_three_retries(fake: tuple[FakeWoodpecker, int]) -> None:
+    server, _ = fake
+    server.force_answers(500, 500, 500, 500)
     with pytest.raises(WoodpeckerError) as caught:
-        client_for(server, retries=2).lookup_repo("acme/app")
+        client_for(server).lookup_repo("acme/app")
     assert str(caught.value) == ("Woodpecker repository acme/app: the server failed with 500 (the reason is only in "
                                  "the Woodpecker server log)")
-    assert len(server.requests) == 3
+    assert len(server.requests) == 4
 
 
 def test_a_restart_answered_5xx_is_never_sent_again(fake: tuple[FakeWoodpecker, int]) -> None:

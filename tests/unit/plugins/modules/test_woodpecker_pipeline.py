@@ -49,7 +49,10 @@ def run_module(server: FakeWoodpecker, capsys: pytest.CaptureFixture[str]) -> t.
         captured = capsys.readouterr()
         output = captured.out + captured.err
         assert TOKEN not in output
-        return Run(json.loads(captured.out), output)
+        result = json.loads(captured.out)
+        # A failure is one sentence; no traceback rides along with it.
+        assert "Traceback" not in json.dumps(result.get("exception", ""))
+        return Run(result, output)
 
     return run
 
