@@ -1,0 +1,259 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""rebuild_ci.yml against the loopback Woodpecker server and the real registry.
+
+The "pipeline" is played by the test: once the playbook has started it and is polling it, a thread
+re-pushes the image to the real registry with the harness pusher and only then moves the pipeline to
+its final status. The playbook's verify then checks the registry for real.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import secrets
+import threading
+import time
+import typing as t
+
+from tests.harness.images import ImagePusher, make_layer
+from tests.harness.incident import reproduce_incident
+from tests.harness.registry import RegistryServer
+from tests.harness.woodpecker_server import FakeWoodpecker
+from tests.integration.test_playbooks_support import run_playbook, write_inventory
+
+# A hang guard for the pipeline thread, not an assertion on time.
+PIPELINE_GUARD_SECONDS = 300
+
+
+class PlayedPipeline(threading.Thread):
+    """Waits until the playbook has started a pipeline in ``repo_id`` (numbered above ``after``) and read
+    it at least once (it is waiting), runs ``build`` (the push), then sets the pipeline to ``final_status``."""
+
+    def __init__(self, fake: FakeWoodpecker, repo_id: int, build: t.Callable[[], None], final_status: str = "success",
+                 after: int = 0):
+        super().__init__(daemon=True)
+        self.fake, self.repo_id, self.build, self.final_status = fake, repo_id, build, final_status
+        self.after = after
+        self.error: BaseException | None = None
+        self.number: int | None = None
+
+    def _polled(self, number: int) -> bool:
+        path = f"/api/repos/{self.repo_id}/pipelines/{number}"
+        return any(request.path == path for request in self.fake.api_requests("GET"))
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + PIPELINE_GUARD_SECONDS
+            while time.monotonic() < deadline:
+                pipelines = self.fake.repos[self.repo_id].pipelines
+                if pipelines and max(pipelines) > self.after and self._polled(max(pipelines)):
+                    self.number = max(pipelines)
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the playbook never started and polled a pipeline")
+            self.build()
+            self.fake.advance(self.repo_id, self.number, self.final_status)
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+
+def _woodpecker(token: str) -> tuple[FakeWoodpecker, int]:
+    fake = FakeWoodpecker().start()
+    fake.add_user(token)
+    repo_id = fake.add_repo("ops", "infra-ci", push=[token])
+    # Started, then running for as long as the test thread wants: the thread decides when it ends.
+    fake.plan(repo_id, ["pending", "running"], logs={"push-image": ["pushing infra-ci:latest", "unauthorized: push refused"]})
+    return fake, repo_id
+
+
+def _extra_vars(registry: RegistryServer, fake: FakeWoodpecker, **more: t.Any) -> dict[str, t.Any]:
+    values = {
+        "registry_url": registry.url,
+        "registry_images": "infra-ci:latest",
+        "woodpecker_url": fake.url,
+        "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci", "branch": "main", "variables": {"IMAGE_TAG": "latest"}}},
+        "rebuild_poll_interval": 0.2,
+    }
+    values.update(more)
+    return values
+
+
+def _ci_push(registry: RegistryServer) -> t.Callable[[], None]:
+    """What the CI job does: push the multi-arch image again, asking the registry which blobs it has
+    first (as docker push does), so a lying blob cache makes it skip uploads."""
+
+    def push() -> None:
+        pusher = ImagePusher(registry, check_existing=True)  # a fresh client, as a CI runner would be
+        try:
+            base = make_layer("infra-ci||shared base layer\n")
+            pusher.push_index("infra-ci", "latest", shared_layers=[base])
+        finally:
+            pusher.session.close()
+
+    return push
+
+
+def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry))
+    pipeline.start()
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        run = run_playbook(
+            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run", env={"WOODPECKER_TOKEN": token}
+        )
+        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+
+    assert pipeline.error is None, pipeline.error
+    assert run.returncode == 0, run.explain()
+    triggers = [r for r in fake.api_requests("POST") if r.path == f"/api/repos/{repo_id}/pipelines"]
+    assert len(triggers) == 1
+    assert b'"IMAGE_TAG": "latest"' in triggers[0].body or b'"IMAGE_TAG":"latest"' in triggers[0].body
+    assert f"ops/infra-ci | #{pipeline.number} | success" in run.stdout, run.explain()
+    assert "1 of 1 image(s) verify end to end" in run.stdout, run.explain()
+    assert token not in run.output
+    for child in incident.index.children:
+        assert pusher.manifest_exists("infra-ci", child.digest)
+
+
+def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    pipeline = PlayedPipeline(fake, repo_id, lambda: None, final_status="failure")
+    pipeline.start()
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        run = run_playbook(
+            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run", env={"WOODPECKER_TOKEN": token}
+        )
+        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+
+    assert pipeline.error is None, pipeline.error
+    assert run.returncode != 0
+    assert f"ops/infra-ci | #{pipeline.number} | failure" in run.stdout, run.explain()
+    assert "push-image" in run.stdout and "unauthorized: push refused" in run.stdout, run.explain()
+    assert "0 of 1 image(s) verify end to end" in run.stdout, run.explain()
+    assert "Pipelines that did not succeed:" in run.stdout and "Still broken: infra-ci:latest." in run.stdout
+    assert incident.missing_manifests[0] in run.stdout
+    assert token not in run.output
+
+
+def test_rebuild_ci_check_mode_sends_nothing_to_woodpecker(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        run = run_playbook(
+            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run",
+            check=True, env={"WOODPECKER_TOKEN": token},
+        )
+    finally:
+        fake.stop()
+
+    assert run.returncode == 0, run.explain()
+    assert fake.api_requests() == []
+    assert "would start a manual pipeline on main of ops/infra-ci" in run.stdout, run.explain()
+    assert "(check mode: nothing was rebuilt)" in run.stdout, run.explain()
+
+
+def test_rebuild_ci_refuses_an_image_without_a_pipeline(tmp_path: pathlib.Path, registry: RegistryServer) -> None:
+    token = secrets.token_urlsafe(24)
+    fake, _ = _woodpecker(token)
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        run = run_playbook(
+            "rebuild_ci.yml", inventory,
+            _extra_vars(registry, fake, registry_images=["infra-ci:latest", "base/python:3.12"]),
+            tmp_path / "run", env={"WOODPECKER_TOKEN": token},
+        )
+    finally:
+        fake.stop()
+
+    assert run.returncode != 0
+    assert "No pipeline in rebuild_pipelines for: base/python:3.12." in run.stdout, run.explain()
+    assert fake.api_requests("POST") == []
+
+
+def test_rebuild_ci_with_the_cache_lie_fails_until_the_registry_is_restarted(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    """GC on a running registry: the CI push skips layers the blob cache pretends to hold. The playbook's
+    read check catches it; with rebuild_restart_command the registry is restarted first and the same
+    rebuild passes."""
+    pusher = make_pusher(registry)
+    base = make_layer("infra-ci||shared base layer\n")
+    pusher.push_image("infra-ci", "latest-base", layers=[base])
+    index = pusher.push_index("infra-ci", "latest", shared_layers=[base])
+    result = registry.garbage_collect(delete_untagged=True)  # while it runs: the cache keeps lying
+    assert result.returncode == 0, result.stderr
+    assert not pusher.manifest_exists("infra-ci", index.children[0].digest)
+
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    try:
+        first = PlayedPipeline(fake, repo_id, _ci_push(registry))
+        first.start()
+        lied = run_playbook(
+            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run1", env={"WOODPECKER_TOKEN": token}
+        )
+        first.join(timeout=PIPELINE_GUARD_SECONDS)
+        assert first.error is None, first.error
+        assert lied.returncode != 0, lied.explain()
+        assert f"ops/infra-ci | #{first.number} | success" in lied.stdout, lied.explain()
+        assert "rebuild_restart_command is not set" in lied.stdout
+        assert "Still broken: infra-ci:latest." in lied.stdout, lied.explain()
+
+        # The remedy: the playbook restarts the registry (the command asks this test, which owns the process).
+        request, done = tmp_path / "restart-requested", tmp_path / "restart-done"
+        restart_script = tmp_path / "restart-registry.sh"
+        restart_script.write_text(
+            f"#!/bin/sh\ntouch {request}\nwhile [ ! -e {done} ]; do sleep 0.1; done\necho registry restarted\n",
+            encoding="utf-8",
+        )
+        restart_script.chmod(0o755)
+
+        def restart_on_request() -> None:
+            deadline = time.monotonic() + PIPELINE_GUARD_SECONDS
+            while not request.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            registry.restart()
+            done.touch()
+
+        restarter = threading.Thread(target=restart_on_request, daemon=True)
+        restarter.start()
+        fake.plan(repo_id, ["pending", "running"])
+        second = PlayedPipeline(fake, repo_id, _ci_push(registry), after=first.number or 0)
+        second.start()
+        fixed = run_playbook(
+            "rebuild_ci.yml", inventory,
+            _extra_vars(registry, fake, rebuild_restart_command=str(restart_script)),
+            tmp_path / "run2", env={"WOODPECKER_TOKEN": token},
+        )
+        second.join(timeout=PIPELINE_GUARD_SECONDS)
+        restarter.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+
+    assert second.error is None, second.error
+    assert fixed.returncode == 0, fixed.explain()
+    assert "1 of 1 image(s) verify end to end" in fixed.stdout, fixed.explain()
+    assert request.exists() and done.exists()
