@@ -16,8 +16,6 @@ import pytest
 from tests.harness.images import ImagePusher
 from tests.harness.incident import Incident, reproduce_incident
 from tests.harness.registry import AUTH_MODES, RegistryServer, start_registry
-from tests.harness.sshd import SshServer
-from tests.harness.woodpecker_server import FakeWoodpecker
 
 
 @pytest.fixture
@@ -94,14 +92,19 @@ def incident(registry: RegistryServer, pusher: ImagePusher) -> Incident:
 
 
 @pytest.fixture
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SshServer]:
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
     """A real sshd on a free loopback port (tests/harness/sshd.py), stopped by PID at teardown."""
+    # Imported here so a problem in one harness module cannot break every other test's collection.
+    from tests.harness.sshd import SshServer
+
     with SshServer(tmp_path_factory.mktemp("sshd")) as server:
         yield server
 
 
 @pytest.fixture
-def fake_woodpecker() -> t.Iterator[FakeWoodpecker]:
+def fake_woodpecker() -> t.Iterator[t.Any]:
     """The Woodpecker stand-in (tests/harness/woodpecker_server.py), API v3, plain HTTP on loopback."""
+    from tests.harness.woodpecker_server import FakeWoodpecker
+
     with FakeWoodpecker() as server:
         yield server
