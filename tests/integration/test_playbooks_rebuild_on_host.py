@@ -17,7 +17,6 @@ from tests.harness.registry import RegistryServer
 from tests.harness.sshd import SshServer
 from tests.integration.test_playbooks_support import (
     run_playbook,
-    sshd,  # noqa: F401 - pytest fixture
     write_inventory,
 )
 
@@ -142,12 +141,12 @@ def _setup(tmp_path: pathlib.Path, registry: RegistryServer, sshd_server: SshSer
 
 
 def test_rebuild_on_host_rebuilds_the_broken_image_over_ssh_and_verifies_it(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd: SshServer
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer
 ) -> None:
     pusher = make_pusher(registry)
     incident = reproduce_incident(registry, pusher)
     assert not _pullable(pusher, incident.repository, incident.tag)
-    inventory, extra_vars = _setup(tmp_path, registry, sshd)
+    inventory, extra_vars = _setup(tmp_path, registry, sshd_server)
 
     run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run1")
 
@@ -155,7 +154,7 @@ def test_rebuild_on_host_rebuilds_the_broken_image_over_ssh_and_verifies_it(
     assert "1 of 1 rebuilt image(s) verify end to end" in run.stdout, run.explain()
     assert run.recap("registry-vm")["changed"] >= 2, run.explain()  # checkout + build
     # The build really ran on the "VM" through sshd, from the checkout at the given ref.
-    assert "Accepted publickey for root" in sshd.log()
+    assert "Accepted publickey for root" in sshd_server.log()
     build_log = (tmp_path / "build.log").read_text(encoding="utf-8")
     assert f"built {registry.host}/infra-ci:latest from main in {tmp_path / 'vm-work' / 'src' / 'infra-ci_latest'}" in build_log
     # And the registry agrees without the collection's help.
@@ -171,11 +170,11 @@ def test_rebuild_on_host_rebuilds_the_broken_image_over_ssh_and_verifies_it(
 
 
 def test_rebuild_on_host_check_mode_shows_the_plan_and_runs_nothing(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd: SshServer
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer
 ) -> None:
     pusher = make_pusher(registry)
     incident = reproduce_incident(registry, pusher)
-    inventory, extra_vars = _setup(tmp_path, registry, sshd)
+    inventory, extra_vars = _setup(tmp_path, registry, sshd_server)
 
     run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run", check=True)
 
@@ -189,11 +188,11 @@ def test_rebuild_on_host_check_mode_shows_the_plan_and_runs_nothing(
 
 
 def test_rebuild_on_host_pushes_with_credentials_that_never_show(
-    tmp_path: pathlib.Path, registry_basic: RegistryServer, make_pusher, sshd: SshServer
+    tmp_path: pathlib.Path, registry_basic: RegistryServer, make_pusher, sshd_server: SshServer
 ) -> None:
     pusher = make_pusher(registry_basic)
     reproduce_incident(registry_basic, pusher)
-    inventory, extra_vars = _setup(tmp_path, registry_basic, sshd)
+    inventory, extra_vars = _setup(tmp_path, registry_basic, sshd_server)
     secret_env = {"REGISTRY_USERNAME": registry_basic.username, "REGISTRY_PASSWORD": registry_basic.password}
 
     run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run", env=secret_env)
@@ -206,9 +205,9 @@ def test_rebuild_on_host_pushes_with_credentials_that_never_show(
 
 
 def test_rebuild_on_host_refuses_an_image_without_a_build(
-    tmp_path: pathlib.Path, registry: RegistryServer, sshd: SshServer
+    tmp_path: pathlib.Path, registry: RegistryServer, sshd_server: SshServer
 ) -> None:
-    inventory, extra_vars = _setup(tmp_path, registry, sshd)
+    inventory, extra_vars = _setup(tmp_path, registry, sshd_server)
     extra_vars["registry_images"] = ["infra-ci:latest", "base/python:3.12"]
 
     run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run")

@@ -15,10 +15,7 @@ import re
 import subprocess
 import typing as t
 
-import pytest
 import yaml
-
-from tests.harness.sshd import SshServer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLAYBOOKS = REPO_ROOT / "playbooks"
@@ -98,10 +95,6 @@ def write_inventory(
     return path
 
 
-def ssh_inventory_vars(server: SshServer) -> dict[str, str]:
-    return dict(server.inventory_vars())
-
-
 def run_playbook(
     playbook: str,
     inventory: pathlib.Path,
@@ -139,14 +132,3 @@ def storage_snapshot(root: pathlib.Path) -> dict[str, tuple[str, int]]:
         kind = "dir" if path.is_dir() else "file"
         snapshot[str(path.relative_to(root))] = (kind, 0 if kind == "dir" else path.stat().st_size)
     return snapshot
-
-
-@pytest.fixture
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SshServer]:
-    """A real sshd on 127.0.0.1; if it cannot start, the test fails with sshd's own log."""
-    server = SshServer(tmp_path_factory.mktemp("sshd"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
