@@ -259,7 +259,7 @@ def plan_repository(
     def reach(roots: t.Mapping[str, str]) -> t.Dict[str, str]:
         """Every digest reachable from the roots, each mapped to the root label that reaches it first."""
         reached: t.Dict[str, str] = {}
-        stack = [(digest, label) for digest, label in sorted(roots.items(), reverse=True)]
+        stack = sorted(roots.items(), reverse=True)
         while stack:
             digest, label = stack.pop()
             if digest in reached:
@@ -553,8 +553,7 @@ def run_retention(
             for item in plan.deletions:
                 emit(f"WOULD DELETE {_describe(item)}")
             continue
-        if stopped is None:
-            assert client is not None
+        if stopped is None and client is not None:  # apply without a client was refused above
             stopped = _apply_repository(storage, directory, plan, client, deleted, errors, emit)
     result = RetentionResult(not apply, planned, deleted, kept, errors, len(plans))
     summary = " ".join(f"{key}={value}" for key, value in result.summary().items())
@@ -683,6 +682,11 @@ def _credentials(args: argparse.Namespace) -> t.Tuple[t.Optional[str], t.Optiona
     return username, password
 
 
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     protected: t.Tuple[str, ...] = () if args.no_protect else tuple(args.protect or DEFAULT_PROTECTED_TAGS)
@@ -695,7 +699,8 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     )
 
     def emit(line: str) -> None:
-        print(line, flush=True)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
     try:
         username, password = _credentials(args)
@@ -713,13 +718,13 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
             report["policy"] = policy._asdict()
             write_json_report(args.report, report)
     except TagRetentionError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        _fail(str(error))
         return 2
     except OSError as error:
-        print(f"error: {_sentence(error, 'cannot write the report')}", file=sys.stderr, flush=True)
+        _fail(_sentence(error, "cannot write the report"))
         return 2
     return 2 if result.errors else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

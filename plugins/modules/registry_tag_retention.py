@@ -22,12 +22,12 @@ description:
     them. An index is always deleted before its children, so a run that stops half-way never leaves an index
     whose children are gone.
   - A repository in which any tag, revision or manifest cannot be read is left untouched and reported in
-    RV(errors): what cannot be read might be what needs a candidate.
+    RV(errors), because what cannot be read might be what needs a candidate.
   - Before each delete the repository's tags are read again; if a push changed them since the plan was made,
     the rest of that repository is skipped.
   - Deleting manifests frees no space by itself. Run the garbage-collection guard afterwards (plain
     C(garbage-collect), never C(--delete-untagged)) and restart the registry.
-  - Dry run by default: nothing is deleted unless O(dry_run=false).
+  - Dry run by default. Nothing is deleted unless O(dry_run=false).
   - The same code runs from cron on the registry host as C(python3 -m registry_tools._tag_retention).
 options:
   storage_root:
@@ -115,23 +115,27 @@ options:
     type: path
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - In check mode the module plans exactly as a real run would and deletes nothing; the registry only sees
         C(GET /v2/). RV(changed) then says whether a run with O(dry_run=false) would delete something.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - For each repository with planned or done deletions, the tags (and untagged digests, written C(@sha256:...))
         before and after.
   idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
     support: full
     details:
       - Once the old tags are deleted, a second run with the same options finds nothing more to delete, unless
         time has passed or tags were pushed.
 notes:
-  - The module must run on the registry host, because it reads the storage tree. Target that host
-    (C(hosts: registry)) or use O(ignore:delegate_to) with its inventory name; it needs only Python 3.8+ there.
+  - The module must run on the registry host, because it reads the storage tree. Target that host in the play's
+    C(hosts) or use O(ignore:delegate_to) with its inventory name. It needs only Python 3.8 or later there.
   - The registry must have C(storage.delete.enabled=true); otherwise the first delete is refused (405) and the
     run stops with that error.
   - Pull-through mirrors accept no deletes; run it against the private registry only.

@@ -249,7 +249,7 @@ def test_plan_from_storage_reads_push_times_and_nested_repository_names(tmp_path
     age(tree, "other", "only", 90)
     plans, errors = plan_storage(StorageView(str(tmp_path)), RetentionPolicy(2, 0, (), ("team/*",)), NOW)
     assert errors == []
-    assert [name for name, _ in [(p.repository, d) for d, p in plans]] == ["team/app/api"]
+    assert [result.repository for _directory, result in plans] == ["team/app/api"]
     (_directory, result), = plans
     assert deleted_tags(result) == {"build-0", "build-1"}
 
