@@ -319,8 +319,17 @@ def test_applying_without_a_registry_url_is_refused(tmp_path: pathlib.Path) -> N
 
 
 def test_a_directory_that_is_no_storage_root_is_one_sentence(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "unrelated.txt").write_text("not a registry", encoding="utf-8")
     with pytest.raises(TagRetentionError, match=r"holds no registry storage.*\.$"):
         StorageView(str(tmp_path))
+
+
+def test_an_empty_storage_root_is_an_empty_registry_not_an_error(tmp_path: pathlib.Path) -> None:
+    lines: t.List[str] = []
+    result = run_retention(str(tmp_path), RetentionPolicy(), None, emit=lines.append)
+    assert result.errors == [] and result.repositories == 0
+    assert lines == ["SUMMARY dry_run=True repositories=0 planned_digests=0 planned_tags=0 deleted_digests=0 "
+                     "deleted_tags=0 kept_tags=0 errors=0"]
 
 
 # -- client and command line without a network --------------------------------------------------------
