@@ -396,17 +396,41 @@ class WoodpeckerClient:
         version = payload.get("version") if isinstance(payload, dict) else None
         return str(version) if version else None
 
-    def _refuse_pre_1_0(self, cause: WoodpeckerError) -> None:
-        """Called when a 1.0+ repository route failed: say so plainly if the server predates 1.0."""
+    def _refuse_pre_1_0(self, cause: WoodpeckerError, full_name: str | None = None) -> None:
+        """Called when a 1.0+ repository route failed: say so plainly if the server predates 1.0.
+
+        /version tells for released servers; a development build ("next-...") is recognised by the
+        pre-1.0 route `/api/repos/{owner}/{name}` answering the repository itself.
+        """
         try:
             version = self.version()
         except WoodpeckerError:
             return
         match = re.match(r"v?(\d+)\.", version or "")
-        if match and int(match.group(1)) < 1:
-            raise self._error(f"Woodpecker at {self.server_url} runs version {version}; servers before 1.0 (with "
-                              "owner/name paths and 'builds') are not supported, upgrade the server to 1.0 or later",
-                              reason="unsupported_version") from cause
+        if match:
+            old = int(match.group(1)) < 1
+        elif full_name:
+            old = self._answers_old_repo_route(full_name)
+        else:
+            old = False
+        if old:
+            raise self._error(f"Woodpecker at {self.server_url} runs version {version or 'unknown'}, older than 1.0 "
+                              "(owner/name paths and 'builds'); such servers are not supported, upgrade the server "
+                              "to 1.0 or later", reason="unsupported_version") from cause
+
+    def _answers_old_repo_route(self, full_name: str) -> bool:
+        path = "/repos/" + "/".join(quote(part, safe="") for part in full_name.split("/"))
+        try:
+            response = self._request("GET", path, f"Woodpecker repository {full_name}")
+        except WoodpeckerError:
+            return False
+        if response.status_code != 200 or "json" not in response.headers.get("Content-Type", ""):
+            return False
+        try:
+            payload = response.json()
+        except ValueError:
+            return False
+        return isinstance(payload, dict) and payload.get("full_name") == full_name
 
     # ---- repositories ----------------------------------------------------------------------------
     def lookup_repo(self, full_name: str) -> Repo:
@@ -419,7 +443,7 @@ class WoodpeckerClient:
             return self._repo_from(self._get_json(path, what), what)
         except WoodpeckerError as exc:
             if exc.reason in ("not_found", "not_woodpecker"):
-                self._refuse_pre_1_0(exc)
+                self._refuse_pre_1_0(exc, full_name)
             raise
 
     def get_repo(self, repo_id: int) -> Repo:

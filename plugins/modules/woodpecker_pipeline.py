@@ -22,6 +22,7 @@ description:
     spellings and errors both as v1 C(error) and v2+ C(errors[]).
 extends_documentation_fragment:
   - selfhosted.registry.woodpecker_connection
+  - ansible.builtin.action_common_attributes
 options:
   repo:
     description:
@@ -138,7 +139,7 @@ notes:
     pipeline; it reads the pipeline list instead (pages of 50, filtered again on the client because servers before
     3.0 ignore the list filters).
 author:
-  - selfhosted.registry maintainers
+  - selfhosted.registry maintainers (@selfhosted-registry)
 """
 
 EXAMPLES = r"""
@@ -547,14 +548,14 @@ def main() -> None:
 
     outcome, error = _run(params)
     # Failing outside the except block: a user error is one sentence, with no traceback attached.
-    if error is not None:
+    if outcome is None:
         result = dict(_EMPTY_PIPELINE, changed=False)
-        if error.pipeline is not None:
+        if error is not None and error.pipeline is not None:
             # The server stored a pipeline already in error (its configuration could not be fetched, or a
             # restart lost its definition): the request did create something, so report it and changed.
             result.update(_pipeline_fields(error.pipeline), changed=True)
         module.fail_json(msg=str(error), **result)
-    assert outcome is not None
+        return
 
     for warning in outcome.warnings:
         module.warn(warning)

@@ -104,7 +104,7 @@ def test_repo_by_name_and_by_id(any_version: tuple[FakeWoodpecker, int]) -> None
 
 
 def test_wrong_token_is_a_401_sentence_without_the_token(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     bad = "wpt-revoked-0000deadbeef"
     with pytest.raises(WoodpeckerError) as caught:
         client_for(server, bad).lookup_repo("acme/app")
@@ -114,7 +114,7 @@ def test_wrong_token_is_a_401_sentence_without_the_token(fake: tuple[FakeWoodpec
 
 
 def test_missing_pull_permission_answers_404(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     with pytest.raises(WoodpeckerError) as caught:
         client_for(server, STRANGER).lookup_repo("acme/app")
     assert str(caught.value) == ("Woodpecker repository acme/app: not found, or the token lacks pull permission "
@@ -122,7 +122,7 @@ def test_missing_pull_permission_answers_404(fake: tuple[FakeWoodpecker, int]) -
 
 
 def test_missing_push_permission_on_trigger_answers_404(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     client = client_for(server, PULL_ONLY)
     repo = client.lookup_repo("acme/app")
     with pytest.raises(WoodpeckerError) as caught:
@@ -132,13 +132,13 @@ def test_missing_push_permission_on_trigger_answers_404(fake: tuple[FakeWoodpeck
 
 
 def test_non_numeric_repo_id_is_refused(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     with pytest.raises(ValueError):
         client_for(server).get_repo("acme")  # type: ignore[arg-type]
 
 
 def test_html_answer_means_not_a_woodpecker_api(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     # A server_url with a wrong path: every route below it is an unknown route, answered 200 with the UI.
     client = WoodpeckerClient(server.url + "/ci", TOKEN, sleep=Sleeps())
     with pytest.raises(WoodpeckerError) as caught:
@@ -149,7 +149,7 @@ def test_html_answer_means_not_a_woodpecker_api(fake: tuple[FakeWoodpecker, int]
 
 
 def test_malformed_json_is_a_sentence(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     server.force_answers(200, body=b"{not json", content_type="application/json")
     with pytest.raises(WoodpeckerError) as caught:
         client_for(server).lookup_repo("acme/app")
@@ -157,13 +157,14 @@ def test_malformed_json_is_a_sentence(fake: tuple[FakeWoodpecker, int]) -> None:
 
 
 def test_pre_1_0_server_is_named_out_of_scope() -> None:
-    server, _ = start_fake(api_version=0)
+    server = start_fake(api_version=0)[0]
     try:
         client = client_for(server)
         with pytest.raises(WoodpeckerError) as caught:
             client.lookup_repo("acme/app")
-        assert caught.value.reason == "unsupported_version"
-        assert "runs version 0.15.11; servers before 1.0" in str(caught.value)
+        assert str(caught.value) == (f"Woodpecker at {server.url} runs version 0.15.11, older than 1.0 (owner/name "
+                                     "paths and 'builds'); such servers are not supported, upgrade the server to 1.0 "
+                                     "or later")
         with pytest.raises(WoodpeckerError) as by_id:
             client.get_repo(7)
         assert by_id.value.reason == "unsupported_version"
@@ -171,14 +172,35 @@ def test_pre_1_0_server_is_named_out_of_scope() -> None:
         server.stop()
 
 
+def test_pre_1_0_development_build_is_recognised_by_its_routes() -> None:
+    server = start_fake(api_version=0, version="next-8f2a1c")[0]
+    try:
+        with pytest.raises(WoodpeckerError) as caught:
+            client_for(server).lookup_repo("acme/app")
+        assert caught.value.reason == "unsupported_version" and "runs version next-8f2a1c, older than 1.0" \
+            in str(caught.value)
+    finally:
+        server.stop()
+
+
+def test_a_development_build_of_1_0_or_later_keeps_the_404() -> None:
+    server = start_fake(api_version=3, version="next-8f2a1c")[0]
+    try:
+        with pytest.raises(WoodpeckerError) as caught:
+            client_for(server).lookup_repo("acme/missing")
+        assert caught.value.reason == "not_found"
+    finally:
+        server.stop()
+
+
 def test_version(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     assert client_for(server).version() == "3.17.0"
 
 
 # ---- trigger ----------------------------------------------------------------------------------------
 def test_trigger_sends_branch_and_variables_as_json(any_version: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = any_version
+    server = any_version[0]
     client = client_for(server)
     repo = client.lookup_repo("acme/app")
     pipeline = client.trigger(repo, "dev", {"IMAGE": "infra-ci"})
@@ -230,7 +252,7 @@ def test_trigger_204_without_header_and_nothing_stored(fake: tuple[FakeWoodpecke
 
 
 def test_trigger_unknown_branch_500_is_not_retried(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     client = client_for(server)
     with pytest.raises(WoodpeckerError) as caught:
         client.trigger(client.lookup_repo("acme/app"), "no-such-branch")
@@ -297,7 +319,7 @@ def test_list_filters_client_side_when_the_server_ignores_them(any_version: tupl
 
 def test_pagination_stops_at_the_end_and_never_asks_more_than_50(fake: tuple[FakeWoodpecker, int]) -> None:
     server, repo_id = fake
-    for _ in range(120):
+    for _number in range(120):
         server.add_pipeline(repo_id, status="success")
     client = client_for(server)
     repo = client.lookup_repo("acme/app")
@@ -550,7 +572,7 @@ def test_variables_are_strings() -> None:
 
 # ---- transport: retries, timeouts, a server that is down, TLS ----------------------------------------
 def test_reads_are_retried_on_5xx_with_backoff(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     server.force_answers(502, 503)
     sleeps = Sleeps()
     repo = client_for(server, sleep=sleeps, backoff=0.5).lookup_repo("acme/app")
@@ -559,7 +581,7 @@ def test_reads_are_retried_on_5xx_with_backoff(fake: tuple[FakeWoodpecker, int])
 
 
 def test_retry_after_is_honoured_and_clamped(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     server.force_answers(503, headers={"Retry-After": "2"})
     server.force_answers(503, headers={"Retry-After": "3600"})
     sleeps = Sleeps()
@@ -568,7 +590,7 @@ def test_retry_after_is_honoured_and_clamped(fake: tuple[FakeWoodpecker, int]) -
 
 
 def test_reads_give_up_after_three_retries(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     server.force_answers(500, 500, 500, 500)
     with pytest.raises(WoodpeckerError) as caught:
         client_for(server).lookup_repo("acme/app")
@@ -587,7 +609,7 @@ def test_a_restart_answered_5xx_is_never_sent_again(fake: tuple[FakeWoodpecker, 
 
 
 def test_a_read_that_times_out_is_retried_then_named(fake: tuple[FakeWoodpecker, int]) -> None:
-    server, _ = fake
+    server = fake[0]
     server.force_answers(200, 200, delay=1.0)
     sleeps = Sleeps()
     with pytest.raises(WoodpeckerError) as caught:
