@@ -411,13 +411,14 @@ class RegistryDeleteClient:
             handlers.append(urllib.request.HTTPSHandler(context=context))
         self._opener = urllib.request.build_opener(*handlers)
 
-    def _request(self, method: str, path: str, what: str) -> t.Tuple[int, str]:
+    def _request(self, method: str, path: str, what: str) -> t.Tuple[int, str, str]:
+        """(status, registry error code, auth scheme the registry asks for on 401)."""
         request = urllib.request.Request(self.url + path, method=method)
         if self._authorization:
             request.add_header("Authorization", self._authorization)
         try:
             with self._opener.open(request, timeout=self.timeout) as response:
-                return response.status, ""
+                return response.status, "", ""
         except urllib.error.HTTPError as error:
             try:
                 body = error.read(65536).decode("utf-8", "replace")
@@ -425,7 +426,8 @@ class RegistryDeleteClient:
                 body = ""
             finally:
                 error.close()
-            return error.code, _error_code(body)
+            scheme = (error.headers.get("WWW-Authenticate") or "").split(" ", 1)[0].lower() if error.code == 401 else ""
+            return error.code, _error_code(body), scheme
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, ssl.SSLCertVerificationError):
@@ -437,9 +439,9 @@ class RegistryDeleteClient:
 
     def check_access(self) -> None:
         """Fail early, before any decision is acted on, when the registry is down or refuses us."""
-        status, code = self._request("GET", "/v2/", "checking access")
+        status, code, scheme = self._request("GET", "/v2/", "checking access")
         if status in (401, 403):
-            raise TagRetentionError(self._refused(status))
+            raise TagRetentionError(self._refused(status, scheme))
         if status != 200:
             raise TagRetentionError(f"registry {self.url} answered {status} {code} to GET /v2/.".replace("  ", " "))
 
@@ -447,11 +449,11 @@ class RegistryDeleteClient:
         path = "/v2/{}/manifests/{}".format(
             urllib.parse.quote(repository, safe="/"), urllib.parse.quote(digest, safe=":")
         )
-        status, code = self._request("DELETE", path, f"deleting {repository}@{digest}")
+        status, code, scheme = self._request("DELETE", path, f"deleting {repository}@{digest}")
         if status == 202:
             return
         if status in (401, 403):
-            raise RegistryRefused(self._refused(status))
+            raise RegistryRefused(self._refused(status, scheme))
         if status == 405:
             raise RegistryRefused(
                 f"registry {self.url} refuses deletes (405 {code or 'UNSUPPORTED'}): "
@@ -459,7 +461,12 @@ class RegistryDeleteClient:
             )
         raise TagRetentionError(f"{repository}@{digest}: DELETE answered {status} {code}".rstrip() + ".")
 
-    def _refused(self, status: int) -> str:
+    def _refused(self, status: int, scheme: str) -> str:
+        if scheme == "bearer":
+            return (
+                f"registry {self.url} asks for token authentication ({status}), which tag retention does not "
+                "support; reach it through a listener with basic (htpasswd) authentication."
+            )
         who = f"user {self.username!r}" if self.username else "anonymous access"
         return f"registry {self.url} rejected {who} ({status}); check the credentials."
 

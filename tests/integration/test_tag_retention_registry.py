@@ -418,6 +418,12 @@ def test_anonymous_access_to_a_protected_registry_is_refused_in_one_sentence(reg
         RegistryDeleteClient(registry_basic.url).check_access()
 
 
+def test_a_token_auth_registry_is_refused_in_one_sentence(registry_token: RegistryServer) -> None:
+    client = RegistryDeleteClient(registry_token.url, registry_token.username, registry_token.password)
+    with pytest.raises(TagRetentionError, match=r"asks for token authentication \(401\), which tag retention does not support"):
+        client.check_access()
+
+
 def test_a_registry_with_deletes_disabled_stops_the_run_after_one_refusal(
     make_registry: t.Callable[..., RegistryServer], make_pusher: t.Callable[..., ImagePusher]
 ) -> None:
