@@ -124,6 +124,54 @@ def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
         assert pusher.manifest_exists("infra-ci", child.digest)
 
 
+def test_rebuild_ci_starts_a_shared_pipeline_once_and_all_pipelines_before_waiting(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    """infra-ci:latest and infra-ci:latest-base map to one pipeline; base/python:3.12 to another. The
+    infra-ci pipeline only finishes once the base-images pipeline has been started: a playbook that waited
+    for one pipeline before starting the next would never see it finish."""
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    pusher.push_index("base/python", "3.12", seed="python")
+    token = secrets.token_urlsafe(24)
+    fake, ci_repo = _woodpecker(token)
+    base_repo = fake.add_repo("ops", "base-images", push=[token])
+    fake.plan(base_repo, ["pending", "running", "success"])
+
+    def push_after_base_started() -> None:
+        deadline = time.monotonic() + 120  # a sequential playbook would leave this waiting: fail, don't hang
+        while not fake.repos[base_repo].pipelines:
+            if time.monotonic() > deadline:
+                raise AssertionError("the base-images pipeline was not started while infra-ci's was running")
+            time.sleep(0.05)
+        _ci_push(registry)()
+
+    pipeline = PlayedPipeline(fake, ci_repo, push_after_base_started)
+    pipeline.start()
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        extra = _extra_vars(
+            registry, fake,
+            registry_images="infra-ci:latest infra-ci:latest-base base/python:3.12",
+            rebuild_pipelines={
+                "infra-ci": {"repo": "ops/infra-ci", "branch": "main"},
+                "base/python:3.12": {"repo": "ops/base-images", "variables": {"IMAGE": "python"}},
+            },
+            rebuild_wait_timeout=180,
+        )
+        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
+        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+
+    assert pipeline.error is None, pipeline.error
+    assert run.returncode == 0, run.explain()
+    triggers = [r.path for r in fake.api_requests("POST")]
+    assert sorted(triggers) == sorted([f"/api/repos/{ci_repo}/pipelines", f"/api/repos/{base_repo}/pipelines"])
+    assert "ops/base-images | #1 | success" in run.stdout, run.explain()
+    assert "3 of 3 image(s) verify end to end" in run.stdout, run.explain()
+
+
 def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
     tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
 ) -> None:
