@@ -321,15 +321,7 @@ def plan_repository(
 
     for tag, reason in kept_reason.items():
         kept.append(KeptTag(repository, tag, tags[tag].digest, reason))
-    kept.sort(key=lambda item: (item.tag))
-
-    if unreadable:
-        problems.append(
-            f"{repository}: manifest {sorted(unreadable)[0]} cannot be read"
-            + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else "")
-            + ", so what it references is unknown; nothing is deleted in this repository."
-        )
-        return RepositoryPlan(repository, dict(tags), [], kept, problems, {})
+    kept.sort(key=lambda item: item.tag)
 
     ordered = _parents_first(deletion, children)
     deletions = [
@@ -337,7 +329,26 @@ def plan_repository(
         for digest in ordered
     ]
     index_children = {digest: children(digest) for digest in deletion if children(digest)}
-    return RepositoryPlan(repository, dict(tags), deletions, kept, problems, index_children)
+    plan = RepositoryPlan(repository, dict(tags), deletions, kept, problems, index_children)
+    if unreadable:
+        return cancel_deletions(
+            plan,
+            f"{repository}: manifest {sorted(unreadable)[0]} cannot be read"
+            + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else "")
+            + ", so what it references is unknown; nothing is deleted in this repository.",
+        )
+    return plan
+
+
+def cancel_deletions(plan: RepositoryPlan, problem: str) -> RepositoryPlan:
+    """Keep everything in a repository that cannot be fully read; its would-be deletions become KEEP lines."""
+    kept = list(plan.kept) + [
+        KeptTag(plan.repository, tag, item.digest, "repository_not_readable")
+        for item in plan.deletions
+        for tag in item.tags
+    ]
+    kept.sort(key=lambda item: item.tag)
+    return plan._replace(deletions=[], children={}, kept=kept, problems=list(plan.problems) + [problem])
 
 
 def _parents_first(deletion: t.Mapping[str, str], children: t.Callable[[str], t.Tuple[str, ...]]) -> t.List[str]:
@@ -513,12 +524,12 @@ def plan_storage(
         plan = plan_repository(repository, tags, revisions, storage.children, policy, now)
         problems = tag_problems + revision_problems
         if problems:
-            plan.problems.append(
+            plan = cancel_deletions(
+                plan,
                 f"{repository}: {problems[0]}"
                 + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
-                + "; nothing is deleted in this repository."
+                + "; nothing is deleted in this repository.",
             )
-            plan = plan._replace(deletions=[], children={})
         plans.append((directory, plan))
     return plans, errors
 

@@ -257,6 +257,8 @@ kept:
         - V(referenced_by_tag:<tag>) when a kept tag's index reaches it.
         - V(referenced_by_index:<digest>) when an index that stays (tagged or not) references it.
         - V(no_revision) when its manifest has no revision link, so the API cannot delete it.
+        - V(repository_not_readable) when the policy would delete it but something in its repository cannot be
+          read (see RV(errors)).
       type: str
       sample: referenced_by_tag:latest
 errors:

@@ -204,6 +204,7 @@ def test_an_unreadable_manifest_stops_all_deletion_in_its_repository() -> None:
 
     result = plan_repository("app", tags, revisions, children, RetentionPolicy(1, 0, ()), NOW)
     assert result.deletions == []
+    assert reasons(result) == {"keep": "newest", "old": "repository_not_readable", "older": "repository_not_readable"}
     assert len(result.problems) == 1
     assert digest("broken") in result.problems[0]
     assert "nothing is deleted" in result.problems[0]
@@ -266,6 +267,7 @@ def test_a_corrupt_tag_link_stops_deletion_in_that_repository_only(tmp_path: pat
     assert by_name["damaged"].deletions == []
     assert any("nothing is deleted in this repository" in message for message in by_name["damaged"].problems)
     assert "b2/current/link" in by_name["damaged"].problems[-1]
+    assert reasons(by_name["damaged"]) == {"b1": "newest", "b0": "repository_not_readable"}
     assert deleted_tags(by_name["healthy"]) == {"b0", "b1"}
 
 
