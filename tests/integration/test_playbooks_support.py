@@ -105,11 +105,13 @@ def run_playbook(
     env: dict[str, str] | None = None,
     extra_args: t.Sequence[str] = (),
 ) -> PlaybookRun:
-    """Run playbooks/<playbook> with ``extra_vars`` passed as a JSON file (no shell quoting involved)."""
+    """Run playbooks/<playbook> (or a playbook FQCN such as ``selfhosted.registry.verify``, from the
+    installed collection) with ``extra_vars`` passed as a JSON file (no shell quoting involved)."""
     workdir.mkdir(parents=True, exist_ok=True)
     vars_file = workdir / f"extra-vars-{len(list(workdir.glob('extra-vars-*')))}.json"
     vars_file.write_text(json.dumps(extra_vars), encoding="utf-8")
-    command = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(PLAYBOOKS / playbook), "-e", f"@{vars_file}"]
+    target = str(PLAYBOOKS / playbook) if playbook.endswith(".yml") else playbook
+    command = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), target, "-e", f"@{vars_file}"]
     if check:
         command.append("--check")
     command.extend(extra_args)
