@@ -16,7 +16,7 @@ import dataclasses
 import re
 import time
 import typing as t
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 try:
     import requests
@@ -246,6 +246,10 @@ class WoodpeckerClient:
                  retries: int = 3, backoff: float = 0.5,
                  sleep: t.Callable[[float], None] = time.sleep) -> None:
         self.server_url = server_url.rstrip("/")
+        if "@" in urlsplit(self.server_url).netloc:
+            # Said without the address: it carries a password.
+            raise WoodpeckerError("Woodpecker server_url must not contain credentials; pass the token instead",
+                                  reason="bad_input")
         if not re.match(r"^https?://[^/]", self.server_url):
             raise WoodpeckerError(f"Woodpecker server_url {self.server_url!r}: expected an http:// or https:// "
                                   "address", reason="bad_input")
@@ -287,9 +291,10 @@ class WoodpeckerClient:
 
     @staticmethod
     def describe(repo: Repo, number: int | None = None) -> str:
-        name = f"Woodpecker pipeline {repo.full_name}#{number}" if number is not None else \
-            f"Woodpecker repository {repo.full_name}"
-        return name
+        """How messages name a repository or one of its pipelines."""
+        if number is None:
+            return f"Woodpecker repository {repo.full_name}"
+        return f"Woodpecker pipeline {repo.full_name}#{number}"
 
     def _redact(self, text: str) -> str:
         return text.replace(self._token, "********") if self._token else text
@@ -314,8 +319,9 @@ class WoodpeckerClient:
                     allow_redirects=method == "GET",
                 )
             except requests.exceptions.SSLError as exc:
-                raise self._error(f"{what}: TLS verification of {self.server_url} failed; set ca_path to the CA "
-                                  "that signed its certificate", reason="tls") from exc
+                raise self._error(f"{what}: the TLS connection to {self.server_url} failed (certificate not trusted, "
+                                  "or the server does not speak TLS); set ca_path to the CA that signed its "
+                                  "certificate", reason="tls") from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 # Reads are retried on any connection trouble. A trigger or restart is retried only when
                 # the connection failed before the request left: once the server may have received it,

@@ -125,7 +125,11 @@ attributes:
         the pipeline already finished) and C(changed=false) for V(status); pipeline data is null.
   diff_mode:
     support: none
+  platform:
+    platforms: posix
   idempotent:
+    description:
+      - Whether running the task again with the same options changes nothing more.
     support: partial
     details:
       - V(trigger) is idempotent only with O(idempotency_key). V(restart) of a given number returns the pipeline a

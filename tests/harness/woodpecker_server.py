@@ -322,7 +322,7 @@ class FakeWoodpecker:
             if forced is not None:
                 self.forced_answers.remove(forced)
         if forced is not None:
-            _, status, delay, headers, payload = forced
+            _method, status, delay, headers, payload = forced
             if delay:
                 time.sleep(delay)
             return status, headers, payload

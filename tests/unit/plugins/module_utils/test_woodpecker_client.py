@@ -693,6 +693,12 @@ def test_a_token_with_a_line_break_is_refused_without_echoing_it() -> None:
     assert WoodpeckerClient("http://127.0.0.1:1", "wpt-abc\n")._token == "wpt-abc"
 
 
+def test_server_url_with_credentials_is_refused_without_echoing_them() -> None:
+    with pytest.raises(WoodpeckerError) as caught:
+        WoodpeckerClient("https://ops:hunter2@ci.example", TOKEN)
+    assert str(caught.value) == "Woodpecker server_url must not contain credentials; pass the token instead"
+
+
 def test_server_url_must_be_http() -> None:
     with pytest.raises(WoodpeckerError) as caught:
         WoodpeckerClient("ci.example", TOKEN)
