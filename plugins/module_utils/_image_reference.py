@@ -70,8 +70,8 @@ def parse_image_reference(text: str, registry_host: t.Optional[str] = None) -> I
                 " (expected sha256: followed by 64 lower-case hex digits)."
             )
 
-    first, _, rest = text.partition("/")
-    if rest and _looks_like_host(first):
+    first, separator, rest = text.partition("/")
+    if separator and rest and _looks_like_host(first):
         if registry_host is None or first.lower() != registry_host.lower():
             raise ImageReferenceError(
                 f"Image reference {original!r} names registry {first!r},"

@@ -185,7 +185,7 @@ class ManifestWalker:
     def _fetch_manifest(self, node: _Node, repository: str, reference: str, depth: int) -> None:
         if not self.descend and depth == 0:
             # Mirror mode: a HEAD proves the tag resolves without making the mirror fetch anything else.
-            _, digest = self.client.head_manifest(repository, reference, what=node.what)
+            digest = self.client.head_manifest(repository, reference, what=node.what)[1]
             node.digest = digest or (reference if is_digest(reference) else None)
             return
         manifest = self.client.get_manifest(repository, reference, what=node.what)
@@ -359,7 +359,7 @@ class ManifestWalker:
             ))
         manifests = sum(1 for key, node in self._unique_nodes() if key[0] == "manifest")
         blobs = sum(1 for key, node in self._unique_nodes() if key[0] == "blob")
-        foreign = sum(node.skipped_foreign for _, node in self._unique_nodes())
+        foreign = sum(node.skipped_foreign for unused_key, node in self._unique_nodes())
         summary = WalkSummary(
             images=len(results),
             broken_images=sum(1 for result in results if not result.ok),

@@ -110,7 +110,7 @@ def _short_reason(exc: BaseException) -> str:
 
 def _parse_challenge(header: str) -> t.Tuple[str, t.Dict[str, str]]:
     """Split ``Bearer realm="...",service="...",scope="..."`` into scheme and parameters."""
-    scheme, _, rest = header.strip().partition(" ")
+    scheme, rest = (header.strip().split(" ", 1) + [""])[:2]
     params = {key.lower(): value for key, value in re.findall(r'(\w+)="([^"]*)"', rest)}
     return scheme.lower(), params
 
@@ -350,7 +350,7 @@ class RegistryClient:
     ) -> requests.Response:
         """An authenticated request: answers a 401 challenge once, then returns whatever came back."""
         target = url or self.base_url + path
-        for _ in range(2):
+        for attempt in range(2):
             auth = self._auth_kwargs(scope)
             merged = dict(headers or {})
             merged.update(auth.pop("headers", {}))

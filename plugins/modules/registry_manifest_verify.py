@@ -19,12 +19,14 @@ description:
   - Fails when anything is broken unless O(fail_on_broken=false) or O(mirror=true).
 extends_documentation_fragment:
   - selfhosted.registry.registry_connection
+  - ansible.builtin.action_common_attributes
   - selfhosted.registry.attributes.read_only
 options:
   images:
     description:
       - Images to verify, as V(repository:tag), V(repository@sha256:...) or V(repository:tag@sha256:...).
-      - A V(repository) without tag or digest means V(repository:latest).
+      - A V(repository) without tag or digest means V(repository:latest). When both are given, the digest is
+        what is verified (as C(docker pull) does).
       - A registry host prefix (V(registry.example.com:5000/team/app:1.0)) is allowed when it names the
         host and port of O(registry_url).
       - Mutually exclusive with O(catalog).
@@ -94,7 +96,7 @@ notes:
     listed over the API; the module names the missing child manifest and a storage scan on the registry host
     names the rest.
 author:
-  - selfhosted.registry maintainers
+  - selfhosted.registry maintainers (@selfhosted-registry)
 """
 
 EXAMPLES = r"""
@@ -385,11 +387,13 @@ def main() -> None:
         client = build_registry_client(params, pool_size=params["concurrency"])
     except RegistryError as exc:
         module.fail_json(msg=exc.message)
+        return
     try:
         images = [parse_image_reference(text, client.host) for text in params["images"] or []]
     except ImageReferenceError as exc:
         client.close()
         module.fail_json(msg=str(exc))
+        return
 
     walker = ManifestWalker(
         client,
@@ -407,6 +411,7 @@ def main() -> None:
         _write_outputs(module, {"registry": client.base_url, "ok": False, "error": str(exc)},
                        _metrics(client.host, started, None))
         module.fail_json(msg=str(exc), ok=False)
+        return
     finally:
         client.close()
 
