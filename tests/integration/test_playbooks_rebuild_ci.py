@@ -117,7 +117,7 @@ def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
     triggers = [r for r in fake.api_requests("POST") if r.path == f"/api/repos/{repo_id}/pipelines"]
     assert len(triggers) == 1
     assert b'"IMAGE_TAG": "latest"' in triggers[0].body or b'"IMAGE_TAG":"latest"' in triggers[0].body
-    assert f"ops/infra-ci | #{pipeline.number} | success" in run.stdout, run.explain()
+    assert f"Woodpecker pipeline ops/infra-ci#{pipeline.number}, status success" in run.stdout, run.explain()
     assert "1 of 1 image(s) verify end to end" in run.stdout, run.explain()
     assert token not in run.output
     for child in incident.index.children:
@@ -168,7 +168,7 @@ def test_rebuild_ci_starts_a_shared_pipeline_once_and_all_pipelines_before_waiti
     assert run.returncode == 0, run.explain()
     triggers = [r.path for r in fake.api_requests("POST")]
     assert sorted(triggers) == sorted([f"/api/repos/{ci_repo}/pipelines", f"/api/repos/{base_repo}/pipelines"])
-    assert "ops/base-images | #1 | success" in run.stdout, run.explain()
+    assert "Woodpecker pipeline ops/base-images#1, status success" in run.stdout, run.explain()
     assert "3 of 3 image(s) verify end to end" in run.stdout, run.explain()
 
 
@@ -192,10 +192,11 @@ def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
 
     assert pipeline.error is None, pipeline.error
     assert run.returncode != 0
-    assert f"ops/infra-ci | #{pipeline.number} | failure" in run.stdout, run.explain()
+    assert f"Woodpecker pipeline ops/infra-ci#{pipeline.number} finished with status failure" in run.stdout, run.explain()
     assert "push-image" in run.stdout and "unauthorized: push refused" in run.stdout, run.explain()
     assert "0 of 1 image(s) verify end to end" in run.stdout, run.explain()
-    assert "Pipelines that did not succeed:" in run.stdout and "Still broken: infra-ci:latest." in run.stdout
+    assert f"Pipelines that did not succeed: ops/infra-ci#{pipeline.number}." in run.stdout, run.explain()
+    assert "Still broken: infra-ci:latest." in run.stdout
     assert incident.missing_manifests[0] in run.stdout
     assert token not in run.output
 
@@ -266,7 +267,7 @@ def test_rebuild_ci_with_the_cache_lie_fails_until_the_registry_is_restarted(
         first.join(timeout=PIPELINE_GUARD_SECONDS)
         assert first.error is None, first.error
         assert lied.returncode != 0, lied.explain()
-        assert f"ops/infra-ci | #{first.number} | success" in lied.stdout, lied.explain()
+        assert f"Woodpecker pipeline ops/infra-ci#{first.number}, status success" in lied.stdout, lied.explain()
         assert "rebuild_restart_command is not set" in lied.stdout
         assert "Still broken: infra-ci:latest." in lied.stdout, lied.explain()
 
