@@ -191,6 +191,26 @@ class StorageView:
             tags[tag] = TagState(tag, digest, pushed_at)
         return tags, [self._problem(path, reason) for path, reason in problems]
 
+    def tag_push_times(self, directory: str) -> t.Optional[t.Dict[str, float]]:
+        """{tag: mtime of its current link}, cheaply; None when the tags cannot be listed.
+
+        Used right before each delete to notice a push since the plan was made: every push of a tag
+        rewrites its current link, so a new, removed or re-pushed tag changes this map.
+        """
+        problems: t.List[t.Tuple[str, str]] = []
+        entries = self.reader.list_directory(os.path.join(directory, "_manifests", "tags"), problems)
+        if problems:
+            return None
+        times: t.Dict[str, float] = {}
+        for entry in entries or ():
+            try:
+                times[entry.name] = os.lstat(os.path.join(entry.path, "current", "link")).st_mtime
+            except FileNotFoundError:
+                continue  # a tag directory without a current link does not resolve, as in tags()
+            except OSError:
+                return None
+        return times
+
     def revisions(self, directory: str) -> t.Tuple[t.Set[str], t.List[str]]:
         problems: t.List[t.Tuple[str, str]] = []
         _layers, revisions = self.reader.read_repository_links(directory, problems)
@@ -595,7 +615,7 @@ def _apply_repository(
     emit: Emit,
 ) -> t.Optional[str]:
     """Delete one repository's plan in order; returns a message when the whole run must stop."""
-    expected = {tag: (state.digest, state.pushed_at) for tag, state in plan.tags.items()}
+    expected = {tag: state.pushed_at for tag, state in plan.tags.items()}
     done: t.Set[str] = set()
     for item in plan.deletions:
         parents = [digest for digest, children in plan.children.items() if item.digest in children]
@@ -605,9 +625,7 @@ def _apply_repository(
             emit(f"ERROR {message}")
             continue
         # A push between planning and now could have tagged this digest anew: re-read before each delete.
-        tags, problems = storage.tags(directory)
-        current = {tag: (state.digest, state.pushed_at) for tag, state in tags.items()}
-        if problems or current != expected:
+        if storage.tag_push_times(directory) != expected:
             message = (
                 f"{item.repository}: tags changed since the plan was made; "
                 "its remaining deletions are skipped (run again)."

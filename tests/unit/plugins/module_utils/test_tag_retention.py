@@ -295,6 +295,25 @@ def test_a_damaged_layer_link_does_not_stop_retention(tmp_path: pathlib.Path) ->
     assert result.problems == []
 
 
+def test_tag_push_times_notice_a_new_a_removed_and_a_re_pushed_tag(tmp_path: pathlib.Path) -> None:
+    tree = StorageTree(str(tmp_path))
+    image = tree.image("app", "a", seed="a")
+    tree.image("app", "b", seed="b")
+    age(tree, "app", "a", 3)
+    age(tree, "app", "b", 2)
+    view = StorageView(str(tmp_path))
+    directory = tree.repo_dir("app")
+    tags, _problems = view.tags(directory)
+    planned = {tag: state.pushed_at for tag, state in tags.items()}
+    assert view.tag_push_times(directory) == planned
+    tree.tag("app", "c", image.digest)
+    assert set(view.tag_push_times(directory) or {}) == {"a", "b", "c"}
+    os.unlink(tree.tag_link("app", "c"))
+    assert view.tag_push_times(directory) == planned
+    tree.tag("app", "b", image.digest)  # re-pushed: the registry rewrites the link
+    assert (view.tag_push_times(directory) or {})["b"] != planned["b"]
+
+
 def test_dry_run_without_a_registry_prints_one_line_per_decision_and_changes_nothing(tmp_path: pathlib.Path) -> None:
     tree = StorageTree(str(tmp_path))
     index = tree.multiarch("app", "latest")
