@@ -563,6 +563,20 @@ def test_idempotency_key_returns_the_matching_pipeline_instead_of_starting_anoth
     assert len(server.api_requests("POST")) == 3
 
 
+@pytest.mark.parametrize("newer, reused", [(99, True), (100, False)])
+def test_idempotency_looks_at_the_100_most_recent_pipelines(fake: tuple[FakeWoodpecker, int], newer: int,
+                                                            reused: bool) -> None:
+    server, repo_id = fake
+    keyed = server.add_pipeline(repo_id, status="success", event="manual",
+                                variables={IDEMPOTENCY_VARIABLE: "rebuild-1"})
+    for _number in range(newer):
+        server.add_pipeline(repo_id, status="success", event="manual")
+    outcome = run_action(client_for(server), ActionRequest(action="trigger", repo="acme/app",
+                                                           idempotency_key="rebuild-1"))
+    assert outcome.reused is reused
+    assert (outcome.pipeline.number == keyed) is reused
+
+
 def test_variables_are_strings() -> None:
     assert stringify_variables({"A": 1, "B": True, "C": "x", "D": None}) == {"A": "1", "B": "true", "C": "x", "D": ""}
     with pytest.raises(WoodpeckerError) as caught:
@@ -650,6 +664,7 @@ def test_a_server_that_is_down(fake: tuple[FakeWoodpecker, int]) -> None:
     assert len(sleeps) == 4
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # verify=False is asked for
 def test_tls_is_verified_by_default_and_ca_path_is_honoured(tmp_path: pathlib.Path) -> None:
     tls = make_server_tls(tmp_path)
     server = FakeWoodpecker(tls=(str(tls.server.cert_path), str(tls.server.key_path))).start()
@@ -660,6 +675,7 @@ def test_tls_is_verified_by_default_and_ca_path_is_honoured(tmp_path: pathlib.Pa
             client_for(server).lookup_repo("acme/app")
         assert caught.value.reason == "tls"
         assert client_for(server, verify=str(tls.ca.cert_path)).lookup_repo("acme/app").full_name == "acme/app"
+        assert client_for(server, verify=False).lookup_repo("acme/app").full_name == "acme/app"
     finally:
         server.stop()
 

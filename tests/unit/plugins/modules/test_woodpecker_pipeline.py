@@ -98,6 +98,13 @@ def test_failure_without_wait_is_reported_not_failed(run_module: t.Callable[...,
     assert run.result["failed_step_log"] == ["denied"] and run.result["status"] == "failure"
 
 
+def test_log_lines_zero_reads_no_log(run_module: t.Callable[..., Run], server: FakeWoodpecker) -> None:
+    server.add_pipeline(5, status="failure", logs={"push-image": ["denied"]})
+    run = run_module(action="status", pipeline=1, log_lines=0)
+    assert run.result["failed_step"]["name"] == "push-image" and run.result["failed_step_log"] == []
+    assert not [r for r in server.requests if "/logs/" in r.path]
+
+
 def test_filtered_trigger_fails_plainly(run_module: t.Callable[..., Run], server: FakeWoodpecker) -> None:
     server.repos[5].manual_config = "filtered"
     run = run_module()
