@@ -737,9 +737,11 @@ def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionR
         if not bug:
             raise
         if not request.fallback_to_trigger:
+            # A 404 is also Woodpecker's answer to a token without push permission: say both.
+            also = " or the token lacks push permission" if exc.status_code == 404 else ""
             raise WoodpeckerError(
                 f"{what} cannot be restarted because the server lost its definition ({DEFINITION_NOT_FOUND}, "
-                f"answer {exc.status_code}); set fallback_to_trigger to start a fresh manual pipeline on branch "
+                f"answer {exc.status_code}{also}); set fallback_to_trigger to start a fresh manual pipeline on branch "
                 f"{old.branch} instead", reason="definition_not_found", status_code=exc.status_code,
                 pipeline=exc.pipeline) from exc
     extra = dict(old.variables)
