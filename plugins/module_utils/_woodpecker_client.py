@@ -473,42 +473,44 @@ class WoodpeckerClient:
         what = self.describe(repo, number)
         return parse_pipeline(self._get_json(f"/repos/{repo.id}/pipelines/{int(number)}", what), what)
 
-    def list_pipelines(self, repo: Repo, *, branch: str | None = None, event: str | None = None,
-                       status: str | None = None, page: int = 1, per_page: int = PER_PAGE_MAX) -> list[Pipeline]:
-        """One page, newest first. v3 filters on the server; v1/v2 ignore filters, so they apply here too."""
+    def _list_page(self, repo: Repo, page: int, per_page: int, filters: t.Mapping[str, str | None]
+                   ) -> list[Pipeline]:
+        """One page as the server sends it, newest first (filters are sent; v1/v2 ignore them)."""
         what = self.describe(repo)
         params: dict[str, t.Any] = {"page": page, "perPage": min(per_page, PER_PAGE_MAX)}
-        filters = {"branch": branch, "event": event, "status": status}
         params.update({k: v for k, v in filters.items() if v})
         payload = self._get_json(f"/repos/{repo.id}/pipelines", what, params)
         if payload is None:
             return []
         if not isinstance(payload, list):
             raise self._error(f"{what}: the pipeline list is not a list", reason="bad_response")
-        pipelines = [parse_pipeline(item, what) for item in payload]
-        return [p for p in pipelines
-                if (not branch or p.branch == branch) and (not event or p.event == event)
-                and (not status or p.status == status)]
+        return [parse_pipeline(item, what) for item in payload]
 
-    def iter_pipelines(self, repo: Repo, *, max_pages: int = 2, **filters: str | None) -> t.Iterator[Pipeline]:
+    @staticmethod
+    def _matches(pipeline: Pipeline, filters: t.Mapping[str, str | None]) -> bool:
+        return all(not wanted or getattr(pipeline, key) == wanted for key, wanted in filters.items())
+
+    def list_pipelines(self, repo: Repo, *, branch: str | None = None, event: str | None = None,
+                       status: str | None = None, page: int = 1, per_page: int = PER_PAGE_MAX) -> list[Pipeline]:
+        """One page, newest first. v3 filters on the server; v1/v2 ignore filters, so they apply here too."""
+        filters = {"branch": branch, "event": event, "status": status}
+        return [p for p in self._list_page(repo, page, per_page, filters) if self._matches(p, filters)]
+
+    def iter_pipelines(self, repo: Repo, *, max_pages: int = 2, branch: str | None = None,
+                       event: str | None = None, status: str | None = None) -> t.Iterator[Pipeline]:
         """Newest first over up to max_pages pages of 50, stopping at a short or repeated page."""
+        filters = {"branch": branch, "event": event, "status": status}
         seen: set[int] = set()
         for page in range(1, max_pages + 1):
-            what = self.describe(repo)
-            payload = self._get_json(f"/repos/{repo.id}/pipelines", what, {
-                "page": page, "perPage": PER_PAGE_MAX, **{k: v for k, v in filters.items() if v}})
-            if not isinstance(payload, list) or not payload:
-                return
-            fresh = [parse_pipeline(item, what) for item in payload]
-            if all(p.number in seen for p in fresh):
-                return  # a server that ignores `page` would loop forever
+            fresh = self._list_page(repo, page, PER_PAGE_MAX, filters)
+            if not fresh or all(p.number in seen for p in fresh):
+                return  # the end, or a server that ignores `page` (which would loop forever)
             for pipeline in fresh:
-                if pipeline.number in seen:
-                    continue
-                seen.add(pipeline.number)
-                if all(not v or getattr(pipeline, k) == v for k, v in filters.items()):
-                    yield pipeline
-            if len(payload) < PER_PAGE_MAX:
+                if pipeline.number not in seen:
+                    seen.add(pipeline.number)
+                    if self._matches(pipeline, filters):
+                        yield pipeline
+            if len(fresh) < PER_PAGE_MAX:
                 return
 
     def latest_number(self, repo: Repo) -> int:

@@ -339,6 +339,14 @@ def test_pagination_guard_against_a_server_that_ignores_page(fake: tuple[FakeWoo
     assert len(server.api_requests("GET")) == 2  # the repeated page ends the walk
 
 
+def test_a_list_answer_that_is_not_a_list(fake: tuple[FakeWoodpecker, int]) -> None:
+    server, repo_id = fake
+    server.force_answers(200, body=b'{"message": "maintenance"}', content_type="application/json")
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).list_pipelines(Repo(repo_id, "acme/app", "main"))
+    assert str(caught.value) == "Woodpecker repository acme/app: the pipeline list is not a list"
+
+
 def test_step_log_is_decoded_from_base64_with_null_entries(fake: tuple[FakeWoodpecker, int]) -> None:
     server, repo_id = fake
     number = server.add_pipeline(repo_id, status="failure",
