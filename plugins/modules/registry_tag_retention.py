@@ -29,6 +29,8 @@ description:
     C(garbage-collect), never C(--delete-untagged)) and restart the registry.
   - Dry run by default. Nothing is deleted unless O(dry_run=false).
   - The same code runs from cron on the registry host as C(python3 -m registry_tools._tag_retention).
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   storage_root:
     description:
@@ -115,24 +117,25 @@ options:
     type: path
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details:
       - In check mode the module plans exactly as a real run would and deletes nothing; the registry only sees
         C(GET /v2/). RV(changed) then says whether a run with O(dry_run=false) would delete something.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: full
     details:
       - For each repository with planned or done deletions, the tags (and untagged digests, written C(@sha256:...))
         before and after.
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second run reports no change.
     support: full
     details:
       - Once the old tags are deleted, a second run with the same options finds nothing more to delete, unless
         time has passed or tags were pushed.
+  platform:
+    support: full
+    platforms: posix
 notes:
   - The module must run on the registry host, because it reads the storage tree. Target that host in the play's
     C(hosts) or use O(ignore:delegate_to) with its inventory name. It needs only Python 3.8 or later there.
@@ -140,7 +143,7 @@ notes:
     run stops with that error.
   - Pull-through mirrors accept no deletes; run it against the private registry only.
 author:
-  - selfhosted.registry maintainers
+  - selfhosted.registry maintainers (@selfhosted-registry)
 """
 
 EXAMPLES = r"""
