@@ -9,6 +9,7 @@ harness over HTTP independently of the code under test.
 from __future__ import annotations
 
 import re
+import time
 import typing as t
 
 import pytest
@@ -240,3 +241,36 @@ def test_tls_is_verified_by_default(registry_tls: RegistryServer) -> None:
     with pytest.raises(RegistryError, match="TLS certificate verification failed"):
         RegistryClient(registry_tls.url, retries=0).ping()
     RegistryClient(registry_tls.url, verify=str(registry_tls.ca_path)).ping()
+
+
+def test_mirror_catalog_checks_tags_without_pulling_children(make_registry: t.Callable,
+                                                             make_pusher: t.Callable) -> None:
+    """A real pull-through mirror (proxy.remoteurl) in front of a real upstream registry."""
+    upstream = make_registry("anonymous")
+    index = make_pusher(upstream).push_index("library/tool", "1.0", seed="mirror")
+    mirror = make_registry("anonymous", config_overrides={"proxy": {"remoteurl": upstream.url}})
+    # `docker pull --platform linux/amd64` through the mirror: the index, one child, its blobs.
+    # The mirror caches those; the arm64 child and the attestations stay upstream only.
+    client_of_mirror = make_pusher(mirror)
+    amd64 = index.children[0]
+    assert client_of_mirror.get_manifest("library/tool", "1.0").status_code == 200
+    assert client_of_mirror.get_manifest("library/tool", amd64.digest).status_code == 200
+    for digest in amd64.blob_digests:
+        assert client_of_mirror.blob_exists("library/tool", digest)
+    for _attempt in range(100):  # the mirror links a blob once it has stored it, just after serving it
+        if client_of_mirror.catalog():
+            break
+        time.sleep(0.1)
+
+    upstream_mark = upstream.log_path.stat().st_size
+    with client_for(mirror) as client:
+        result = ManifestWalker(client, descend=False).verify_catalog()
+    assert result.ok and [i.reference for i in result.images] == ["library/tool:1.0"]
+    assert result.images[0].digest == index.digest
+    with upstream.log_path.open(encoding="utf-8", errors="replace") as log:
+        log.seek(upstream_mark)
+        upstream_uris = [line for line in log if "response completed" in line]
+    assert not [line for line in upstream_uris for child in index.children if child.digest in line]
+    # Asked for explicitly, the children are fetched through the mirror and verified.
+    explicit = verify(mirror, "library/tool:1.0")
+    assert explicit.ok and explicit.summary.manifests == 1 + len(index.children)
