@@ -738,6 +738,13 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
+    report: t.Dict[str, t.Any] = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "storage_root": args.storage_root,
+        "registry_url": None,
+        "policy": policy._asdict(),
+    }
+    status = 2
     try:
         username, password = _credentials(args)
         client = None
@@ -745,21 +752,22 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
             client = RegistryDeleteClient(
                 args.registry_url, username, password, args.ca_file, not args.insecure, args.timeout
             )
+            report["registry_url"] = client.url
         result = run_retention(args.storage_root, policy, client, apply=args.apply, emit=emit)
-        if args.report:
-            report = dict(result.as_dict())
-            report["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            report["storage_root"] = args.storage_root
-            report["registry_url"] = client.url if client else None
-            report["policy"] = policy._asdict()
-            write_json_report(args.report, report)
+        report.update(result.as_dict())
+        status = 2 if result.errors else 0
     except TagRetentionError as error:
+        # The report says so too, so a monitor reading only the report sees the failed run.
+        report["errors"] = [str(error)]
         _fail(str(error))
-        return 2
-    except OSError as error:
-        _fail(_sentence(error, "cannot write the report"))
-        return 2
-    return 2 if result.errors else 0
+    report["ok"] = status == 0
+    if args.report:
+        try:
+            write_json_report(args.report, report)
+        except OSError as error:
+            _fail(f"report {args.report} cannot be written: {(error.strerror or str(error)).lower()}.")
+            return 2
+    return status
 
 
 if __name__ == "__main__":

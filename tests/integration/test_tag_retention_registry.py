@@ -372,7 +372,7 @@ def test_packaged_cli_with_system_python_applies_with_a_password_file_and_writes
     assert len(deleted_lines) == 2 and all(" tags=build-0 " in line or " tags=build-1 " in line for line in deleted_lines)
     assert set(pusher.list_tags("app")) == {"build-2", "build-3"}
     written = json.loads(report.read_text(encoding="utf-8"))
-    assert written["summary"]["deleted_tags"] == 2 and written["dry_run"] is False
+    assert written["summary"]["deleted_tags"] == 2 and written["dry_run"] is False and written["ok"] is True
     assert "never --delete-untagged" in written["next_step"]
     everything = completed.stdout + completed.stderr + report.read_text(encoding="utf-8")
     assert str(registry_basic.password) not in everything
@@ -388,7 +388,8 @@ def test_packaged_cli_dry_run_is_the_default(registry: RegistryServer, pusher: I
 
 
 def test_wrong_credentials_are_one_sentence_exit_2_and_never_echo_a_password(
-    registry_basic: RegistryServer, make_pusher: t.Callable[..., ImagePusher], tools_dir: pathlib.Path
+    registry_basic: RegistryServer, make_pusher: t.Callable[..., ImagePusher], tools_dir: pathlib.Path,
+    tmp_path: pathlib.Path,
 ) -> None:
     pusher = make_pusher(registry_basic)
     pusher.push_image("app", "old", seed="old")
@@ -400,9 +401,14 @@ def test_wrong_credentials_are_one_sentence_exit_2_and_never_echo_a_password(
             "--storage-root", str(registry_basic.storage_root),
             "--registry-url", registry_basic.url,
             "--keep", "0",
+            "--report", str(tmp_path / "report.json"),
             *apply,
             env={"REGISTRY_USERNAME": str(registry_basic.username), "REGISTRY_PASSWORD": wrong},
         )
+        report_text = (tmp_path / "report.json").read_text(encoding="utf-8")
+        report = json.loads(report_text)
+        assert report["ok"] is False and report["errors"] == [completed.stderr[len("error: "):].strip()]
+        assert wrong not in report_text and str(registry_basic.password) not in report_text
         assert completed.returncode == 2
         assert completed.stderr == (
             f"error: registry {registry_basic.url} rejected user '{registry_basic.username}' (401); check the credentials.\n"

@@ -431,6 +431,16 @@ def test_main_exits_2_with_one_sentence_for_a_missing_storage_root(
     assert "Traceback" not in captured.err
 
 
+def test_main_exits_2_and_says_so_when_the_report_cannot_be_written(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = StorageTree(str(tmp_path / "storage"))
+    code = retention.main(["--storage-root", tree.root, "--report", str(tmp_path / "absent-dir" / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"error: report {tmp_path / 'absent-dir' / 'r.json'} cannot be written: no such file or directory.\n"
+
+
 def test_the_file_parses_as_python_3_8() -> None:
     source = pathlib.Path(retention.__file__).read_text(encoding="utf-8")
     ast.parse(source, feature_version=(3, 8))
