@@ -215,3 +215,22 @@ def test_rebuild_on_host_refuses_an_image_without_a_build(
     assert run.returncode != 0
     assert "No build given in rebuild_builds for: base/python:3.12." in run.stdout, run.explain()
     assert "Traceback" not in run.output
+
+
+def test_rebuild_on_host_reports_a_failing_build_and_the_image_still_broken(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory, extra_vars = _setup(tmp_path, registry, sshd_server)
+    extra_vars["rebuild_builds"]["infra-ci:latest"]["command"] = "echo 'build: no space left on device' >&2; exit 3"
+
+    run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run")
+
+    assert run.returncode != 0
+    assert "build: no space left on device" in run.stdout, run.explain()
+    assert "0 of 1 rebuilt image(s) verify end to end" in run.stdout, run.explain()
+    assert 'registry-vm: "Build and push each image" failed for infra-ci:latest.' in run.stdout, run.explain()
+    assert "Still broken after the rebuild: infra-ci:latest." in run.stdout, run.explain()
+    assert incident.missing_manifests[0] in run.stdout
+    assert "Traceback" not in run.output
