@@ -1,0 +1,215 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The GC guard with the real registry and the real ``docker-registry garbage-collect``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+from ansible_collections.selfhosted.registry.plugins.module_utils._gc_guard import GCOptions, run_guarded_gc
+from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import scan_storage
+from tests.unit.plugins.module_utils.storage_tree import install_registry_tools
+
+REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+
+
+def listing(root) -> list:
+    rows = []
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            rows.append((os.path.relpath(path, root), info.st_mode, info.st_size, info.st_mtime_ns))
+    return rows
+
+
+def incident_precondition(registry, pusher):
+    """A tagged OCI index with untagged children, plus a blob no manifest references."""
+    index = pusher.push_index("infra-ci", "latest", attestations=True, seed="guard")
+    stray = pusher.push_blob("infra-ci", b"a layer whose manifest push never happened")
+    return index, stray
+
+
+def options(registry, **overrides) -> GCOptions:
+    values = dict(
+        storage_root=str(registry.storage_root),
+        config_path=str(registry.config_path),
+        gc_command=(REGISTRY_BINARY,),
+    )
+    values.update(overrides)
+    return GCOptions(**values)
+
+
+def test_guard_refuses_the_delete_untagged_run_that_causes_the_incident(registry, pusher):
+    index, _ = incident_precondition(registry, pusher)
+    registry.stop()
+    before = listing(registry.storage_root)
+    outcome = run_guarded_gc(options(registry, delete_untagged=True))
+    assert outcome.status == "refused" and outcome.exit_code == 1
+    assert not outcome.changed
+    blocked_manifests = {b.digest for b in outcome.blockers if b.kind == "manifest"}
+    assert blocked_manifests == {child.digest for child in index.children}
+    assert all(b.tags == ("latest",) and b.repository == "infra-ci" for b in outcome.blockers)
+    blocked_blobs = {b.digest for b in outcome.blockers if b.kind == "blob"}
+    assert blocked_blobs and blocked_blobs <= set(index.blob_digests)
+    assert "infra-ci:latest" in outcome.message
+    # Refusing deleted nothing: the tree is byte for byte and time for time the same.
+    assert listing(registry.storage_root) == before
+    # Only the dry run was executed.
+    assert [command[-2] for command in outcome.commands] == ["--delete-untagged"]
+    assert "--dry-run" in outcome.commands[0]
+    registry.start()
+    for child in index.children:
+        assert pusher.manifest_exists("infra-ci", child.digest)
+
+
+def test_guard_lets_a_plain_gc_through_and_reclaims_the_unreferenced_blob(registry, pusher):
+    index, stray = incident_precondition(registry, pusher)
+    registry.stop()
+    check = run_guarded_gc(options(registry, check_mode=True))
+    assert check.status == "would_collect" and not check.changed
+    assert check.eligible_blobs == [stray]
+    assert check.diff()["before"] == f"blob {stray}\n"
+    assert os.path.exists(registry.tree / "blobs" / "sha256" / stray[7:9] / stray[7:] / "data")
+
+    outcome = run_guarded_gc(options(registry))
+    assert outcome.status == "collected" and outcome.exit_code == 0, outcome.message
+    assert outcome.changed
+    assert outcome.deleted_blobs == [stray]
+    assert outcome.reclaimed_bytes == len(b"a layer whose manifest push never happened")
+    assert not os.path.exists(registry.tree / "blobs" / "sha256" / stray[7:9] / stray[7:])
+    assert outcome.scan_after["clean"] is True
+    registry.start()
+    assert pusher.get_manifest("infra-ci", "latest").status_code == 200
+    for child in index.children:
+        assert pusher.manifest_exists("infra-ci", child.digest)
+        for digest in child.blob_digests:
+            assert pusher.blob_exists("infra-ci", digest)
+
+    again = run_guarded_gc(options(registry, check_mode=True))
+    assert again.status == "nothing_to_collect" and not again.changed
+
+
+def test_hooks_stop_the_registry_for_the_real_run_and_restart_it_after(registry, pusher, tmp_path):
+    incident_precondition(registry, pusher)
+    journal = tmp_path / "journal"
+    pid = registry.pid
+    # The registry is the test's child: once killed it is a zombie until reaped, which kill -0 still
+    # sees, so "alive" means a /proc entry that is not in state Z.
+    alive = f"[ -e /proc/{pid} ] && ! grep -q '^State:[[:space:]]*Z' /proc/{pid}/status"
+    # The gc command records whether the registry process was alive when each collector run started.
+    wrapper = (
+        f'if {alive}; then state=running; else state=stopped; fi; '
+        f'echo "gc $state $*" >> {journal}; exec {REGISTRY_BINARY} "$@"'
+    )
+    outcome = run_guarded_gc(
+        options(
+            registry,
+            gc_command=("sh", "-c", wrapper, "gc-wrapper"),
+            before_command=("sh", "-c", f"kill {pid}; while {alive}; do sleep 0.1; done; echo before >> {journal}"),
+            after_command=("sh", "-c", f"echo after >> {journal}"),
+            timeout=120,
+        )
+    )
+    assert outcome.status == "collected", outcome.message
+    lines = journal.read_text().splitlines()
+    assert lines[0] == "before"
+    assert lines[1].startswith("gc stopped garbage-collect --dry-run ")
+    assert lines[2].startswith("gc stopped garbage-collect ") and "--dry-run" not in lines[2]
+    assert lines[3] == "after"
+    assert outcome.warnings == []
+
+
+def test_after_command_runs_even_when_the_guard_refuses(registry, pusher, tmp_path):
+    incident_precondition(registry, pusher)
+    journal = tmp_path / "journal"
+    outcome = run_guarded_gc(
+        options(
+            registry,
+            delete_untagged=True,
+            before_command=("sh", "-c", f"echo before >> {journal}"),
+            after_command=("sh", "-c", f"echo after >> {journal}"),
+        )
+    )
+    assert outcome.status == "refused"
+    assert journal.read_text().splitlines() == ["before", "after"]
+
+
+def test_empty_store_is_nothing_to_collect(registry):
+    registry.stop()
+    outcome = run_guarded_gc(options(registry, delete_untagged=True))
+    assert outcome.status == "nothing_to_collect", outcome.message
+    assert "no repositories" in outcome.message
+    assert outcome.exit_code == 0
+
+
+def test_repository_without_tags_directory_is_classified(registry, pusher):
+    pusher.push_image("tagged", "v1", seed="t")
+    pusher.push_image("digest-only", None, seed="d")
+    registry.stop()
+    before = listing(registry.storage_root)
+    outcome = run_guarded_gc(options(registry, delete_untagged=True))
+    assert outcome.status == "error" and outcome.exit_code == 2
+    assert outcome.failure_kind == "missing_tags_directory"
+    assert "repository digest-only has no _manifests/tags directory" in outcome.message
+    assert listing(registry.storage_root) == before
+
+
+def test_damaged_storage_is_classified_and_not_collected(registry, pusher):
+    image = pusher.push_image("app", "v1", seed="dmg")
+    registry.stop()
+    data = registry.tree / "blobs" / "sha256" / image.digest[7:9] / image.digest[7:] / "data"
+    data.write_bytes(data.read_bytes()[:10])
+    before = listing(registry.storage_root)
+    outcome = run_guarded_gc(options(registry))
+    assert outcome.status == "error" and outcome.failure_kind == "damaged_storage"
+    assert "run the storage scan" in outcome.message
+    assert listing(registry.storage_root) == before
+    assert any(f.digest == image.digest for f in scan_storage(str(registry.storage_root)).findings)
+
+
+def test_wrong_storage_root_is_caught_before_collecting(registry, pusher, make_registry):
+    pusher.push_image("only-here", "v1", seed="w")
+    other = make_registry()
+    other.stop()
+    from tests.harness.images import ImagePusher
+
+    other.start()
+    ImagePusher(other).push_image("elsewhere", "v1", seed="x")
+    other.stop()
+    registry.stop()
+    outcome = run_guarded_gc(options(registry, storage_root=str(other.storage_root)))
+    assert outcome.status == "error" and outcome.failure_kind == "storage_mismatch"
+
+
+def test_installed_command_line_refuses_then_collects(registry, pusher, tmp_path):
+    index, stray = incident_precondition(registry, pusher)
+    registry.stop()
+    parent = install_registry_tools(str(tmp_path / "installed"))
+    base = ["python3", "-m", "registry_tools._registry_tools_cli", "gc", "--storage-root", str(registry.storage_root),
+            "--config", str(registry.config_path), "--gc-command", REGISTRY_BINARY]
+
+    def run(*extra):
+        return subprocess.run(base + list(extra), cwd=parent, capture_output=True, text=True, timeout=300, check=False)
+
+    refused = run("--delete-untagged", "--json-report", str(tmp_path / "refused.json"),
+                  "--metrics-file", str(tmp_path / "gc.prom"))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    blocked = [line for line in refused.stdout.splitlines() if line.startswith("GC BLOCKED MANIFEST ")]
+    assert len(blocked) == len(index.children)
+    assert all(" repo=infra-ci " in line and line.endswith(" tags=latest") for line in blocked)
+    assert json.loads((tmp_path / "refused.json").read_text())["status"] == "refused"
+    assert "registry_gc_refused 1" in (tmp_path / "gc.prom").read_text()
+
+    collected = run("--after-command", "true", "--before-command", "true")
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    assert f"GC DELETED BLOB digest={stray}" in collected.stdout
+    assert collected.stdout.splitlines()[-1].startswith("GC COLLECTED ")
+
+    broken = run("--config", str(tmp_path / "missing.yml"))
+    assert broken.returncode == 2
+    assert broken.stderr.startswith("ERROR dry run refused to start: the garbage collector rejected its configuration")
