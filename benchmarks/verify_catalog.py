@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: selfhosted.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Whole-catalog verification: this collection's walk against the runbook's shell loop, in one run.
@@ -137,7 +136,7 @@ def walk_in_this_process(url: str, concurrency: int, blob_check: str, trace: boo
 
 
 def run_walk(url: str, concurrency: int, blob_check: str, trace: bool = False) -> t.Dict[str, t.Any]:
-    command = [sys.executable, __file__, "--walk", url, "--concurrency", str(concurrency), "--blob-check", blob_check]
+    command = [sys.executable, os.path.abspath(__file__), "--walk", url, "--concurrency", str(concurrency), "--blob-check", blob_check]
     if trace:
         command.append("--trace")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -152,7 +151,7 @@ def run_runbook(host: str) -> t.Tuple[float, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--indexes", type=int, default=200, help="multi-arch index tags (default 200)")
     parser.add_argument("--images", type=int, default=320, help="single-image tags (default 320)")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -191,7 +190,7 @@ def main() -> int:
     finally:
         server.close()
 
-    repeated = [key for key, count in collections.Counter((m, u) for m, u, _ in walk_log).items() if count > 1]
+    repeated = [key for key, count in collections.Counter(entry[:2] for entry in walk_log).items() if count > 1]
     runbook_broken = [line for line in runbook_output.splitlines() if line.startswith("BROKEN")]
     ratio = runbook_seconds / walk["seconds"]
     print()

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: selfhosted.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """`make demo`: the incident on a throwaway registry, and the verifier's diagnosis.

@@ -147,8 +147,7 @@ class ManifestWalker:
                 return  # already requested (or in flight) in this run
             self._nodes[key] = _Node(what)
             self._pending += 1
-        assert self._pool is not None
-        self._pool.submit(self._run, key, depth, expected_size)
+        self._running_pool().submit(self._run, key, depth, expected_size)
 
     def _run(self, key: t.Tuple[str, str, str], depth: int, expected_size: t.Optional[int]) -> None:
         node = self._nodes[key]
@@ -303,9 +302,9 @@ class ManifestWalker:
                 repositories = [
                     name for name in repositories if any(fnmatch.fnmatchcase(name, p) for p in repository_patterns)
                 ]
-            assert self._pool is not None
             # Tag lists come in parallel; each repository's tags are walked as soon as they arrive.
-            listings = {name: self._pool.submit(self.client.list_tags, name) for name in sorted(set(repositories))}
+            pool = self._running_pool()
+            listings = {name: pool.submit(self.client.list_tags, name) for name in sorted(set(repositories))}
             errors = []
             for name, future in listings.items():
                 try:
@@ -331,6 +330,11 @@ class ManifestWalker:
         except RegistryError as exc:
             raise WalkError(exc.message) from None
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="registry-walk")
+
+    def _running_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            raise RuntimeError("the walk's thread pool is used outside verify() or verify_catalog()")
+        return self._pool
 
     def _stop(self) -> None:
         if self._pool is not None:

@@ -155,8 +155,9 @@ def test_missing_blobs_of_a_readable_manifest_are_named_with_their_chains(regist
     assert [(b.digest, b.status, b.error_code) for b in result.broken] == [(swept, 404, "BLOB_UNKNOWN")]
 
 
-def test_catalog_mode_finds_the_broken_tag_among_many_healthy_ones(registry: RegistryServer,
-                                                                    pusher: ImagePusher) -> None:
+def test_catalog_mode_finds_the_broken_tag_among_many_healthy_ones(
+    registry: RegistryServer, pusher: ImagePusher
+) -> None:
     base = make_layer("catalog base\n")
     healthy = []
     for number in range(8):
@@ -199,10 +200,10 @@ def test_a_digest_that_does_not_exist(registry: RegistryServer, pusher: ImagePus
     pusher.push_image("app", "v1")
     missing = "sha256:" + "0" * 64
     result = verify(registry, f"app@{missing}", f"app:v1@{missing}")
-    assert [(b.chain, b.status, b.error_code) for b in result.broken] == [([f"app@{missing}", missing], 404,
-                                                                            "MANIFEST_UNKNOWN"),
-                                                                           ([f"app:v1@{missing}", missing], 404,
-                                                                            "MANIFEST_UNKNOWN")]
+    assert [(b.chain, b.status, b.error_code) for b in result.broken] == [
+        ([f"app@{missing}", missing], 404, "MANIFEST_UNKNOWN"),
+        ([f"app:v1@{missing}", missing], 404, "MANIFEST_UNKNOWN"),
+    ]
 
 
 @pytest.mark.parametrize("mode", ["basic", "token"])

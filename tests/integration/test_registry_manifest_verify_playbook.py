@@ -38,8 +38,8 @@ def run_playbook(
         "tasks": [
             {"name": "Verify images", "selfhosted.registry.registry_manifest_verify": module_args,
              "register": "verify", "ignore_errors": True},
-            {"name": "Keep the result", "ansible.builtin.copy": {"content": "{{ verify | to_json }}",
-                                                                  "dest": str(result_file), "mode": "0600"},
+            {"name": "Keep the result",
+             "ansible.builtin.copy": {"content": "{{ verify | to_json }}", "dest": str(result_file), "mode": "0600"},
              "check_mode": False},
         ],
     }]
@@ -85,10 +85,10 @@ def test_check_mode_is_identical(registry: RegistryServer, pusher: ImagePusher, 
     incident = reproduce_incident(registry, pusher)
     args = {"registry_url": registry.url, "images": [f"{incident.repository}:{incident.tag}"],
             "report_path": str(tmp_path / "report.json")}
-    _, normal = run_playbook(tmp_path, args)
+    unused_process, normal = run_playbook(tmp_path, args)
     normal_report = json.loads((tmp_path / "report.json").read_text())
     (tmp_path / "report.json").unlink()
-    _, checked = run_playbook(tmp_path, args, "--check")
+    unused_process, checked = run_playbook(tmp_path, args, "--check")
     checked_report = json.loads((tmp_path / "report.json").read_text())
     for key in ("failed", "ok", "changed", "msg", "images", "broken"):
         assert normal[key] == checked[key], key
@@ -145,17 +145,20 @@ def test_unreachable_registry_via_playbook(tmp_path: pathlib.Path) -> None:
     from tests.harness.registry import free_port
 
     port = free_port()
-    _, result = run_playbook(tmp_path, {"registry_url": f"http://127.0.0.1:{port}", "images": ["app:v1"]})
+    unused_process, result = run_playbook(tmp_path, {"registry_url": f"http://127.0.0.1:{port}",
+                                                     "images": ["app:v1"]})
     assert result["msg"] == f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: connection refused."
 
 
 def test_healthy_tls_registry_with_ca_path(registry_tls: RegistryServer, make_pusher: t.Callable,
                                            tmp_path: pathlib.Path) -> None:
     pushed = make_pusher(registry_tls).push_index("infra-ci", "latest")
-    _, result = run_playbook(tmp_path, {"registry_url": registry_tls.url, "ca_path": str(registry_tls.ca_path),
-                                        "images": ["infra-ci:latest"], "blob_check": "read"})
+    unused_process, result = run_playbook(tmp_path, {
+        "registry_url": registry_tls.url, "ca_path": str(registry_tls.ca_path),
+        "images": ["infra-ci:latest"], "blob_check": "read"})
     assert result.get("failed") is not True, result["msg"]
     assert result["ok"] is True and result["images"][0]["digest"] == pushed.digest
-    _, untrusted = run_playbook(tmp_path, {"registry_url": registry_tls.url, "images": ["infra-ci:latest"]})
+    unused_process, untrusted = run_playbook(tmp_path, {"registry_url": registry_tls.url,
+                                                        "images": ["infra-ci:latest"]})
     assert untrusted["msg"] == (f"Could not reach the v2 API of {registry_tls.host} at {registry_tls.host}:"
                                 " TLS certificate verification failed.")

@@ -60,7 +60,7 @@ class LoopbackServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                seen = Seen(self.command, self.path, {k: v for k, v in self.headers.items()})
+                seen = Seen(self.command, self.path, dict(self.headers.items()))
                 with outer._lock:
                     outer.seen.append(seen)
                 handler = outer.routes.get(f"{self.command} {self.path}") or outer.routes.get(self.path)

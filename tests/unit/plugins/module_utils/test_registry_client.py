@@ -84,8 +84,8 @@ def test_manifest_whose_header_digest_lies(server: LoopbackServer) -> None:
 
 
 def test_html_instead_of_a_manifest_is_one_clear_error(server: LoopbackServer) -> None:
-    server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(200, b"<html><body>Login</body></html>",
-                                                             {"Content-Type": "text/html"})
+    html = Reply(200, b"<html><body>Login</body></html>", {"Content-Type": "text/html"})
+    server.routes["/v2/app/manifests/v1"] = lambda seen: html
     with pytest.raises(RegistryError) as caught:
         client_for(server).get_manifest("app", "v1")
     assert caught.value.message == "manifest app:v1 is not JSON (text/html)."
@@ -186,8 +186,9 @@ def test_url_must_be_http_with_a_host(url: str) -> None:
 BLOB = "sha256:" + "c" * 64
 
 
-def test_blob_head_307_counts_as_present_and_is_not_followed(server: LoopbackServer,
-                                                              other_server: LoopbackServer) -> None:
+def test_blob_head_307_counts_as_present_and_is_not_followed(
+    server: LoopbackServer, other_server: LoopbackServer
+) -> None:
     server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: Reply(307, b"", {"Location": f"{other_server.url}/obj"})
     check = client_for(server, username="u", password=SECRET).check_blob("app", BLOB, "head")
     assert check.redirected and check.status == 307
