@@ -225,6 +225,24 @@ def test_a_digest_shared_by_an_old_and_a_new_tag_is_not_deleted(registry: Regist
     assert assert_pulls(pusher, "app", "nightly-2026-03-01") == 3
 
 
+def test_deleting_in_one_repository_leaves_the_same_image_in_another_intact(
+    registry: RegistryServer, pusher: ImagePusher
+) -> None:
+    # Same content, two repositories: one manifest digest, one set of blobs, two revision links.
+    in_old = pusher.push_image("ci/old", "build-1", seed="shared")
+    in_kept = pusher.push_image("ci/kept", "build-1", seed="shared")
+    assert in_old.digest == in_kept.digest
+    set_age(registry, "ci/old", "build-1", 30)
+    set_age(registry, "ci/kept", "build-1", 30)
+
+    result, _lines = run(registry, keep_newest=0, exclude_repositories=("ci/kept",))
+
+    assert [(item.repository, item.digest) for item in result.deleted] == [("ci/old", in_old.digest)]
+    plain_gc(registry)
+    assert pusher.get_manifest("ci/old", in_old.digest).status_code == 404
+    assert assert_pulls(pusher, "ci/kept", "build-1") == 3
+
+
 def test_protected_patterns_and_young_tags_survive_keep_zero(registry: RegistryServer, pusher: ImagePusher) -> None:
     for tag in ("latest", "v1.2.3", "release-7", "build-9", "build-10"):
         pusher.push_image("app", tag, seed=tag)
