@@ -229,8 +229,9 @@ def test_deleting_in_one_repository_leaves_the_same_image_in_another_intact(
     registry: RegistryServer, pusher: ImagePusher
 ) -> None:
     # Same content, two repositories: one manifest digest, one set of blobs, two revision links.
-    in_old = pusher.push_image("ci/old", "build-1", seed="shared")
-    in_kept = pusher.push_image("ci/kept", "build-1", seed="shared")
+    layer = make_layer("the same layer in both repositories\n")
+    in_old = pusher.push_image("ci/old", "build-1", seed="shared", layers=[layer])
+    in_kept = pusher.push_image("ci/kept", "build-1", seed="shared", layers=[layer])
     assert in_old.digest == in_kept.digest
     set_age(registry, "ci/old", "build-1", 30)
     set_age(registry, "ci/kept", "build-1", 30)
