@@ -147,7 +147,7 @@ def _matches_any(name: str, patterns: t.Iterable[str]) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Storage reading (temporary: replaced by the storage scanner's readers)
+# Storage reading, through the storage scanner's readers
 # ---------------------------------------------------------------------------------------------
 
 ChildrenReader = t.Callable[[str], t.Optional[t.Tuple[str, ...]]]

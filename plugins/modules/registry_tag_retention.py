@@ -23,8 +23,8 @@ description:
     whose children are gone.
   - A repository in which any tag, revision or manifest cannot be read is left untouched and reported in
     RV(errors), because what cannot be read might be what needs a candidate.
-  - Before each delete the repository's tags are read again; if a push changed them since the plan was made,
-    the rest of that repository is skipped.
+  - Before each delete the repository's tag links are checked again (names and modification times); if a push
+    changed them since the plan was made, the rest of that repository is skipped and reported in RV(errors).
   - Deleting manifests frees no space by itself. Run the garbage-collection guard afterwards (plain
     C(garbage-collect), never C(--delete-untagged)) and restart the registry.
   - Dry run by default. Nothing is deleted unless O(dry_run=false).
