@@ -505,6 +505,12 @@ def _collect(
             "no after command: restart the registry yourself, its blob-descriptor cache "
             "still answers for deleted blobs"
         )
+    # Scanned before as well, so the scan afterwards can tell damage this run caused from old damage.
+    try:
+        damage_before = _damage(scan_storage(reader.root))
+    except ScanError as error:
+        _fail(outcome, "storage", str(error))
+        return
     real_argv = gc_argv(options, dry_run=False)
     outcome.commands.append(real_argv)
     touched.append(True)
@@ -534,8 +540,26 @@ def _collect(
     except ScanError as error:
         outcome.warnings.append(f"the scan after garbage-collect failed: {error}")
         return
-    outcome.scan_after = {"clean": scan.clean, "summary": scan.summary(), "broken_tags": sorted(scan.broken_tags)}
-    if not scan.clean:
+    damage_after = _damage(scan)
+    new_damage = sorted(damage_after - damage_before)
+    outcome.scan_after = {
+        "clean": scan.clean,
+        "summary": scan.summary(),
+        "broken_tags": sorted(scan.broken_tags),
+        "new_damage": [f"{kind} {repository}@{digest}" for kind, repository, digest in new_damage],
+        "damage_before": len(damage_before),
+    }
+    if new_damage:
+        kind, repository, digest = new_damage[0]
         outcome.warnings.append(
-            f"the scan after garbage-collect found damage: {', '.join(sorted(scan.broken_tags)) or 'see scan_after'}"
+            f"the scan after garbage-collect found {len(new_damage)} new problem(s), first {kind} {repository}@{digest}"
         )
+    elif damage_after:
+        outcome.warnings.append(
+            f"the storage still has {len(damage_after)} problem(s) it had before garbage-collect: "
+            f"{', '.join(sorted(scan.broken_tags)) or 'see scan_after'}"
+        )
+
+
+def _damage(result: t.Any) -> t.Set[t.Tuple[str, str, str]]:
+    return {(f.kind, f.repository, f.digest or f.path) for f in result.findings if f.harmful}

@@ -212,10 +212,13 @@ warnings_list:
   elements: str
   sample: []
 scan_after:
-  description: Result of the storage scan after a real collection (clean, summary per kind, broken tags); null otherwise.
+  description: >-
+    Storage scan after a real collection: C(clean), C(summary) per kind, C(broken_tags), C(new_damage)
+    (harmful findings the scan before the collection did not have; a warning names the first) and
+    C(damage_before) (harmful findings already there before). Null when no real collection ran.
   returned: always
   type: dict
-  sample: {clean: true, summary: {orphan_index: 0}, broken_tags: []}
+  sample: {clean: true, summary: {orphan_index: 0}, broken_tags: [], new_damage: [], damage_before: 0}
 """
 
 from ansible.module_utils.basic import AnsibleModule
