@@ -788,7 +788,9 @@ class StorageScanner:
         if state == "present":
             return True
         if state != "absent":
-            problems.append((self.reader.blob_path(digest), state.split(" ", 1)[1] if " " in state else state))
+            # The state names the unusable path itself (data, its directory, or the prefix directory).
+            relative, _, reason = state.partition(" ")
+            problems.append((os.path.join(self.reader.root, relative), reason))
         return False
 
     # -- one repository ----------------------------------------------------------------------------
