@@ -46,8 +46,8 @@ options:
     default: 0
   report_path:
     description:
-      - Write the full result as JSON to this file (atomically: readers never see half a file).
-      - Written in check mode too: the report is the scan's output, not a change to the registry.
+      - Write the full result as JSON to this file (atomically, so readers never see half a file).
+      - Written in check mode too, because the report is the output of the scan, not a change to the registry.
     type: path
   metrics_path:
     description:
@@ -58,7 +58,7 @@ options:
   fail_on_findings:
     description:
       - Fail the task when the storage is not clean.
-      - Off by default because the scan is a diagnosis, not a gate: a playbook usually goes on to
+      - Off by default because the scan is a diagnosis, not a gate. A playbook usually goes on to
         report, rebuild or alert with the findings, which a failed task would stop.
     type: bool
     default: false
