@@ -299,6 +299,7 @@ class GCOutcome:
         self.warnings: t.List[str] = []
         self.scan_after: t.Optional[t.Dict[str, t.Any]] = None
         self.gc_output = ""
+        self.collection_attempted = False
 
     @property
     def changed(self) -> bool:
@@ -389,16 +390,19 @@ def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcom
     outcome = GCOutcome(options)
     # The after command (restart) runs whenever the before command ran or the real collection was
     # attempted, whatever happened in between; a dry run alone changes nothing and needs no restart.
-    touched: t.List[bool] = []
+    before_ran = False
     try:
         if not options.check_mode and options.before_command:
-            touched.append(True)
+            before_ran = True
             if not _run_hook(options.before_command, "before", options, outcome, runner):
                 return outcome
-        _collect(reader, options, outcome, runner, touched)
+        _collect(reader, options, outcome, runner)
     finally:
-        if touched and options.after_command:
+        if (before_ran or outcome.collection_attempted) and options.after_command:
             _run_hook(options.after_command, "after", options, outcome, runner)
+    # After the after command, so the scan does not keep the registry down any longer.
+    if outcome.collection_attempted:
+        _scan_after(reader, outcome)
     return outcome
 
 
@@ -426,9 +430,7 @@ def _fail(outcome: GCOutcome, kind: str, message: str) -> None:
     outcome.status, outcome.failure_kind, outcome.message = "error", kind, message
 
 
-def _collect(
-    reader: StorageReader, options: GCOptions, outcome: GCOutcome, runner: Runner, touched: t.List[bool]
-) -> None:
+def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runner: Runner) -> None:
     dry_argv = gc_argv(options, dry_run=True)
     outcome.commands.append(dry_argv)
     try:
@@ -505,15 +507,10 @@ def _collect(
             "no after command: restart the registry yourself, its blob-descriptor cache "
             "still answers for deleted blobs"
         )
-    # Scanned before as well, so the scan afterwards can tell damage this run caused from old damage.
-    try:
-        damage_before = _damage(scan_storage(reader.root))
-    except ScanError as error:
-        _fail(outcome, "storage", str(error))
-        return
+    blobs_before = reader.count_blobs()
     real_argv = gc_argv(options, dry_run=False)
     outcome.commands.append(real_argv)
-    touched.append(True)
+    outcome.collection_attempted = True
     try:
         real: t.Optional[CommandResult] = runner(real_argv, options.timeout)
     except GCGuardError as error:
@@ -535,31 +532,38 @@ def _collect(
             f"deleted {len(outcome.deleted_manifests)} manifest(s) and {len(outcome.deleted_blobs)} blob(s), "
             f"{outcome.reclaimed_bytes} bytes"
         )
+    unexpected = blobs_before - reader.count_blobs() - len(outcome.deleted_blobs)
+    if unexpected > 0:
+        outcome.warnings.append(
+            f"garbage-collect deleted {unexpected} blob(s) its dry run did not list; "
+            "was the registry writable during the run?"
+        )
+
+
+def _scan_after(reader: StorageReader, outcome: GCOutcome) -> None:
+    """Scan once the registry is back; name the damage that involves what this run deleted."""
     try:
         scan = scan_storage(reader.root)
     except ScanError as error:
         outcome.warnings.append(f"the scan after garbage-collect failed: {error}")
         return
-    damage_after = _damage(scan)
-    new_damage = sorted(damage_after - damage_before)
+    deleted = set(outcome.deleted_blobs) | {digest for _, digest in outcome.deleted_manifests}
+    harmful = [finding for finding in scan.findings if finding.harmful]
+    caused = [finding for finding in harmful if deleted & ({finding.digest} | set(finding.missing))]
     outcome.scan_after = {
         "clean": scan.clean,
         "summary": scan.summary(),
         "broken_tags": sorted(scan.broken_tags),
-        "new_damage": [f"{kind} {repository}@{digest}" for kind, repository, digest in new_damage],
-        "damage_before": len(damage_before),
+        "new_damage": [finding.message for finding in caused],
+        "other_damage": len(harmful) - len(caused),
     }
-    if new_damage:
-        kind, repository, digest = new_damage[0]
+    if caused:
         outcome.warnings.append(
-            f"the scan after garbage-collect found {len(new_damage)} new problem(s), first {kind} {repository}@{digest}"
+            f"the scan after garbage-collect found {len(caused)} problem(s) involving what it deleted, "
+            f"first {caused[0].message}"
         )
-    elif damage_after:
+    elif harmful:
         outcome.warnings.append(
-            f"the storage still has {len(damage_after)} problem(s) it had before garbage-collect: "
+            f"the storage has {len(harmful)} problem(s) not caused by this run: "
             f"{', '.join(sorted(scan.broken_tags)) or 'see scan_after'}"
         )
-
-
-def _damage(result: t.Any) -> t.Set[t.Tuple[str, str, str]]:
-    return {(f.kind, f.repository, f.digest or f.path) for f in result.findings if f.harmful}

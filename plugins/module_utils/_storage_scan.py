@@ -460,6 +460,18 @@ class StorageReader:
         self._blob_cache[digest] = state
         return state
 
+    def count_blobs(self) -> int:
+        """Number of blob directories (cheap: two directory levels, no file reads); the collector removes whole ones."""
+        problems: t.List[t.Tuple[str, str]] = []
+        count = 0
+        for prefix in self.list_directory(self.blobs_dir, problems) or ():
+            if not prefix.is_dir(follow_symlinks=False):
+                continue
+            for entry in self.list_directory(prefix.path, problems) or ():
+                if entry.is_dir(follow_symlinks=False) and is_hex(entry.name):
+                    count += 1
+        return count
+
     def blob_size(self, digest: str) -> int:
         try:
             return os.lstat(self.blob_path(digest)).st_size

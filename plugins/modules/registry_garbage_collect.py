@@ -21,8 +21,12 @@ description:
   - Exit status 1 of C(garbage-collect) has several causes; the module tells them apart in RV(failure_kind).
   - The same guard runs on the registry host without Ansible as C(python3 -m registry_tools._registry_tools_cli gc).
 author:
-  - selfhosted.registry maintainers
+  - selfhosted.registry maintainers (@selfhosted-registry)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 attributes:
+  platform:
+    platforms: posix
   check_mode:
     support: full
     details:
@@ -32,6 +36,8 @@ attributes:
     details:
       - The diff lists the manifests and blobs that were deleted (or, in check mode, would be).
   idempotent:
+    description:
+      - Whether running the module twice on the same state gives the same result without changing anything.
     support: full
     details:
       - A second run finds nothing eligible and reports C(changed=false).
@@ -213,12 +219,13 @@ warnings_list:
   sample: []
 scan_after:
   description: >-
-    Storage scan after a real collection: C(clean), C(summary) per kind, C(broken_tags), C(new_damage)
-    (harmful findings the scan before the collection did not have; a warning names the first) and
-    C(damage_before) (harmful findings already there before). Null when no real collection ran.
+    Storage scan after a real collection, run once the after command has restarted the registry:
+    C(clean), C(summary) per kind, C(broken_tags), C(new_damage) (messages of harmful findings that involve
+    a digest this run deleted; a warning names the first) and C(other_damage) (the number of harmful
+    findings that do not). Null when no real collection ran.
   returned: always
   type: dict
-  sample: {clean: true, summary: {orphan_index: 0}, broken_tags: [], new_damage: [], damage_before: 0}
+  sample: {clean: true, summary: {orphan_index: 0}, broken_tags: [], new_damage: [], other_damage: 0}
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -21,9 +21,16 @@ description:
   - The same scanner runs on the registry host without Ansible as
     C(python3 -m registry_tools._registry_tools_cli scan), installed by the C(registry_vm) role.
 author:
-  - selfhosted.registry maintainers
+  - selfhosted.registry maintainers (@selfhosted-registry)
 extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
   - selfhosted.registry.attributes.read_only
+attributes:
+  platform:
+    platforms: posix
+  idempotent:
+    description:
+      - Whether running the module twice on the same state gives the same result without changing anything.
 options:
   storage_root:
     description:

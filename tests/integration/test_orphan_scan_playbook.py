@@ -106,7 +106,7 @@ def test_scan_finds_the_incident_and_the_guard_refuses_then_collects(
     assert again["changed"] is False and again["status"] == "nothing_to_collect"
     # The collection and the results file are the only changes.
     assert "changed=2 " in completed.stdout
-    assert collected["scan_after"]["new_damage"] == [] and collected["scan_after"]["damage_before"] >= 1
+    assert collected["scan_after"]["new_damage"] == [] and collected["scan_after"]["other_damage"] == 1
 
     registry.start()
     for child in guarded_index.children:

@@ -260,3 +260,21 @@ def test_collector_reading_other_storage_is_caught(tree, tmp_path):
     outcome = guarded(tree, tmp_path, config_path=write_config(tmp_path, other.root, "other.yml"))
     assert outcome.status == "error" and outcome.failure_kind == "storage_mismatch"
     assert "there" in outcome.message and os.path.isdir(other.repo_dir("there"))
+
+
+def test_deletions_the_dry_run_did_not_list_are_caught_by_storage_evidence(tree, tmp_path):
+    # A collector run that also removes a tagged image's layer (as a push racing a writable registry
+    # would end): the guard counts blob directories before and after, and the scan afterwards names the
+    # damage that involves what disappeared.
+    kept = tree.image("app", "v1", seed="kept")
+    lone = tree.image("app", None, seed="lone")
+    victim = tree.blob_dir(kept.layers[0])
+    wrapper = f'case " $* " in *" --dry-run "*) ;; *) rm -rf {victim};; esac; exec {REGISTRY_BINARY} "$@"'
+    outcome = guarded(tree, tmp_path, delete_untagged=True, gc_command=("sh", "-c", wrapper, "gc"))
+    assert outcome.status == "collected"
+    assert outcome.deleted_manifests == [("app", lone.digest)]
+    assert any("deleted 1 blob(s) its dry run did not list" in warning for warning in outcome.warnings)
+    assert outcome.scan_after["clean"] is False
+    assert outcome.scan_after["broken_tags"] == ["app:v1"]
+    # The layer was not among the deleted digests the guard saw, so it is other damage, not new.
+    assert outcome.scan_after["other_damage"] >= 1
