@@ -28,6 +28,7 @@ import os
 import pathlib
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,6 +190,7 @@ def main() -> int:
         traced = run_walk(server.url, args.concurrency, args.blob_check, trace=True)
     finally:
         server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     repeated = [key for key, count in collections.Counter(entry[:2] for entry in walk_log).items() if count > 1]
     runbook_broken = [line for line in runbook_output.splitlines() if line.startswith("BROKEN")]
@@ -200,6 +202,11 @@ def main() -> int:
     print(f"runbook (skopeo + curl -I)    {runbook_seconds:8.2f} s   {len(runbook_log):6d} HTTP requests"
           f"   manifests only, no configs or layers")
     print(f"ratio                         {ratio:8.1f}x faster")
+    walk_objects = walk["manifests"] + walk["blobs"]
+    runbook_objects = walk["manifests"]  # every tag and every child manifest, nothing below them
+    per_object = (runbook_seconds / runbook_objects) / (walk["seconds"] / walk_objects)
+    print(f"per object checked            {walk['seconds'] / walk_objects * 1000:8.1f} ms walk,"
+          f" {runbook_seconds / runbook_objects * 1000:.1f} ms runbook ({per_object:.1f}x)")
     print(f"objects requested twice       {len(repeated)}")
     print(f"peak memory of the walk       {walk['peak_rss_mb']:.1f} MB RSS (whole process),"
           f" {traced['tracemalloc_peak_mb']:.1f} MB Python heap peak (tracemalloc, separate run)")
