@@ -1,0 +1,301 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""diagnose.yml, verify.yml and investigate.yml run with ansible-playbook against the real registry,
+on the incident reproduced by the real garbage collector and on healthy images. The "registry VM" is
+this machine, through the local connection or through a real sshd.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from tests.harness.images import ImagePusher
+from tests.harness.incident import Incident, reproduce_incident
+from tests.harness.registry import RegistryServer
+from tests.harness.sshd import SshServer
+from tests.integration.test_playbooks_support import (
+    run_playbook,
+    storage_snapshot,
+    write_inventory,
+)
+
+HEALTHY = ("team/app:v1", "team/app:v2", "base/python:3.12", "tools/jq:1.7")
+
+
+def _push_healthy(pusher: ImagePusher) -> None:
+    """Pushed after the incident's GC, so they stay whole: indexes, a manifest list and a single image."""
+    pusher.push_index("team/app", "v1", seed="app-v1")
+    pusher.push_index("team/app", "v2", fmt="docker", seed="app-v2")
+    pusher.push_index("base/python", "3.12", seed="python")
+    pusher.push_image("tools/jq", "1.7", seed="jq")
+
+
+def _vars(registry: RegistryServer, **more: object) -> dict[str, object]:
+    values: dict[str, object] = {"registry_url": registry.url, "registry_storage_root": str(registry.storage_root)}
+    values.update(more)
+    return values
+
+
+def _assert_names_missing_children(stdout: str, incident: Incident) -> None:
+    for digest in incident.missing_manifests:
+        assert digest in stdout, f"missing child {digest} not named"
+
+
+# ---- diagnose --------------------------------------------------------------------------------------
+
+
+def test_diagnose_fails_on_the_incident_and_names_the_missing_children(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"), tmp_path / "run",
+                       env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
+
+    assert run.returncode != 0, run.explain()
+    assert "infra-ci:latest is BROKEN: the tag resolves to " + incident.index.digest in run.stdout, run.explain()
+    _assert_names_missing_children(run.stdout, incident)
+    amd64 = next(child for child in incident.index.children if child.platform == "linux/amd64")
+    assert f"linux/amd64 image {amd64.digest}" in run.stdout, run.explain()
+    assert "unknown/unknown attestation sha256:" in run.stdout
+    # The broken images go to the next job of an AWX workflow.
+    stats = run.stdout[run.stdout.index("CUSTOM STATS"):]
+    assert '"registry_images": [' in stats and '"infra-ci:latest"' in stats, run.explain()
+    assert "1 of 1 image(s) broken: infra-ci:latest" in run.stdout
+    assert "GC incident pattern (tagged index whose child manifests are gone): YES" in run.stdout, run.explain()
+    assert f"{len(incident.missing_manifests)} child manifest(s) missing over the API" in run.stdout
+    assert "1 orphan index(es) in storage" in run.stdout, run.explain()
+    assert "-e registry_images=infra-ci:latest" in run.stdout
+    assert "1 image(s) cannot be pulled: infra-ci:latest." in run.stdout
+    assert run.recap("localhost")["failed"] == 1 and run.recap("registry-vm")["failed"] == 0
+
+
+def test_diagnose_passes_on_healthy_images(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
+    _push_healthy(make_pusher(registry))
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images=" team/app:v1,\nbase/python:3.12 "),
+                       tmp_path / "run")
+
+    assert run.returncode == 0, run.explain()
+    assert "0 of 2 image(s) broken: none" in run.stdout, run.explain()
+    assert "GC incident pattern (tagged index whose child manifests are gone): no" in run.stdout
+    assert "0 finding(s) on registry-vm, 0 harmful" in run.stdout, run.explain()
+    assert "nothing to rebuild" in run.stdout
+
+
+def test_diagnose_in_check_mode_gives_the_same_diagnosis(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    before = storage_snapshot(registry.storage_root)
+
+    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images=["infra-ci:latest"]),
+                       tmp_path / "run", check=True)
+
+    assert run.returncode != 0, run.explain()
+    _assert_names_missing_children(run.stdout, incident)
+    assert "GC incident pattern (tagged index whose child manifests are gone): YES" in run.stdout, run.explain()
+    assert storage_snapshot(registry.storage_root) == before
+
+
+def test_diagnose_over_ssh_with_credentials_that_never_show(
+    tmp_path: pathlib.Path, registry_basic: RegistryServer, make_pusher, sshd_server: SshServer
+) -> None:
+    pusher = make_pusher(registry_basic)
+    incident = reproduce_incident(registry_basic, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml", registry_vm=sshd_server.inventory_vars())
+    extra = _vars(
+        registry_basic,
+        registry_images=f"{registry_basic.host}/infra-ci:latest",  # as a failing pipeline's log shows it
+        registry_username=registry_basic.readonly_username,
+        registry_password=registry_basic.readonly_password,
+    )
+
+    run = run_playbook("diagnose.yml", inventory, extra, tmp_path / "run")
+
+    assert run.returncode != 0, run.explain()
+    _assert_names_missing_children(run.stdout, incident)
+    assert "1 orphan index(es) in storage" in run.stdout, run.explain()
+    assert "Accepted publickey for root" in sshd_server.log()
+    assert registry_basic.readonly_password not in run.output
+
+
+def test_diagnose_without_the_registry_host_still_diagnoses_over_the_api(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml", group="somewhere_else")
+
+    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"), tmp_path / "run")
+
+    assert run.returncode != 0, run.explain()
+    _assert_names_missing_children(run.stdout, incident)
+    assert "GC incident pattern (tagged index whose child manifests are gone): YES" in run.stdout
+    assert "storage scan: not run (diagnose_scan_storage is false, or no host in registry_vm)" in run.stdout, run.explain()
+
+
+def test_diagnose_with_the_storage_scan_turned_off(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("diagnose.yml", inventory,
+                       _vars(registry, registry_images="infra-ci:latest", diagnose_scan_storage=False), tmp_path / "run")
+
+    assert run.returncode != 0, run.explain()
+    _assert_names_missing_children(run.stdout, incident)
+    assert "0 orphan index(es) in storage" in run.stdout, run.explain()
+    assert "storage scan: not run (diagnose_scan_storage is false" in run.stdout, run.explain()
+
+
+def test_diagnose_reports_a_wrong_storage_root_in_one_line_and_keeps_the_api_diagnosis(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    extra = _vars(registry, registry_images="infra-ci:latest", registry_storage_root=str(tmp_path / "nowhere"))
+
+    run = run_playbook("diagnose.yml", inventory, extra, tmp_path / "run")
+
+    assert run.returncode != 0
+    _assert_names_missing_children(run.stdout, incident)
+    assert f"storage root {tmp_path / 'nowhere'} does not exist" in run.stdout, run.explain()
+    assert "Traceback" not in run.output
+
+
+def test_diagnose_asks_for_its_inputs(tmp_path: pathlib.Path) -> None:
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("diagnose.yml", inventory, {}, tmp_path / "run")
+
+    assert run.returncode != 0
+    assert "Set registry_url" in run.stdout and "registry_images" in run.stdout, run.explain()
+
+
+# ---- verify ----------------------------------------------------------------------------------------
+
+
+def test_verify_catalog_finds_the_broken_tag_among_healthy_ones_and_writes_report_and_metrics(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    _push_healthy(pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    report, metrics = tmp_path / "out" / "verify.json", tmp_path / "out" / "registry_verify.prom"
+    report.parent.mkdir()
+
+    run = run_playbook(
+        "verify.yml", inventory,
+        _vars(registry, verify_catalog=True, verify_report_path=str(report), verify_metrics_path=str(metrics)),
+        tmp_path / "run",
+    )
+
+    assert run.returncode != 0, run.explain()
+    # infra-ci:latest and its intact keep image, plus the healthy ones.
+    assert f"{len(HEALTHY) + 2} image(s) checked, 1 broken" in run.stdout, run.explain()
+    assert f"infra-ci:latest: child manifest {incident.missing_manifests[0]}" in run.stdout or any(
+        f"infra-ci:latest: child manifest {d}" in run.stdout for d in incident.missing_manifests
+    ), run.explain()
+    assert "1 image(s) broken: infra-ci:latest." in run.stdout
+    document = json.loads(report.read_text(encoding="utf-8"))
+    broken = {entry["reference"] for entry in document["broken"]}
+    assert broken == {"infra-ci:latest"}
+    assert {image["reference"] for image in document["images"] if image["ok"]} >= set(HEALTHY)
+    assert "registry_verify" in metrics.read_text(encoding="utf-8")
+
+
+def test_verify_list_passes_on_healthy_images(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
+    _push_healthy(make_pusher(registry))
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images=list(HEALTHY), registry_blob_check="read"),
+                       tmp_path / "run")
+
+    assert run.returncode == 0, run.explain()
+    assert f"{len(HEALTHY)} image(s) checked, 0 broken" in run.stdout, run.explain()
+    assert "blob check read" in run.stdout
+
+
+def test_verify_from_the_installed_collection_limits_the_catalog_and_only_reports(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    _push_healthy(pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    only_team = run_playbook("selfhosted.registry.verify", inventory,
+                             _vars(registry, verify_catalog=True, verify_repositories=["team/*"]), tmp_path / "run1")
+    whole = run_playbook("selfhosted.registry.verify", inventory,
+                         _vars(registry, verify_catalog="true", verify_fail_when_broken=False), tmp_path / "run2")
+
+    assert only_team.returncode == 0, only_team.explain()
+    assert "2 image(s) checked, 0 broken" in only_team.stdout, only_team.explain()
+    assert whole.returncode == 0, whole.explain()
+    assert f"{len(HEALTHY) + 2} image(s) checked, 1 broken" in whole.stdout, whole.explain()
+
+
+def test_verify_refuses_a_list_and_the_catalog_together(tmp_path: pathlib.Path, registry: RegistryServer) -> None:
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images="a:1", verify_catalog=True),
+                       tmp_path / "run")
+
+    assert run.returncode != 0
+    assert "either registry_images" in run.stdout and "not both" in run.stdout, run.explain()
+
+
+# ---- investigate -----------------------------------------------------------------------------------
+
+
+def test_investigate_lists_every_broken_tag_with_its_pipeline_and_deletes_nothing(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    reproduce_incident(registry, pusher, repository="team/builder", tag="stable", seed="builder",
+                       variant="tag_dirs_removed")
+    _push_healthy(pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    before = storage_snapshot(registry.storage_root)
+    report_dir = tmp_path / "reports"
+    report_dir.mkdir()
+    extra = _vars(
+        registry,
+        investigate_report_dir=str(report_dir),
+        rebuild_pipelines={"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}},
+    )
+
+    run = run_playbook("investigate.yml", inventory, extra, tmp_path / "run")
+
+    assert run.returncode != 0, run.explain()
+    assert "infra-ci:latest -> rerun ops/infra-ci@main" in run.stdout, run.explain()
+    assert "team/builder:stable -> rerun no pipeline mapped: use rebuild_on_host.yml" in run.stdout, run.explain()
+    assert "pipelines to rerun: ops/infra-ci@main" in run.stdout
+    assert "2 tag(s) cannot be pulled: infra-ci:latest, team/builder:stable." in run.stdout
+    for healthy in HEALTHY:
+        assert f"{healthy} -> rerun" not in run.stdout
+    assert "nothing was deleted or changed" in run.stdout
+    assert storage_snapshot(registry.storage_root) == before
+    scan = json.loads((report_dir / "storage-scan.json").read_text(encoding="utf-8"))
+    assert scan["findings"], scan
+    assert json.loads((report_dir / "verify.json").read_text(encoding="utf-8"))["broken"]
+
+
+def test_investigate_on_a_healthy_registry_passes(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
+    _push_healthy(make_pusher(registry))
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "run")
+
+    assert run.returncode == 0, run.explain()
+    assert f"0 of {len(HEALTHY)} tag(s) broken" in run.stdout, run.explain()
