@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: selfhosted.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Storage scan against the registry's own full walk, on the same large tree, in one run.
@@ -135,11 +134,14 @@ def run_measured(argv: t.Sequence[str], cwd: t.Optional[str] = None) -> t.Tuple[
     started = time.perf_counter()
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(list(argv), cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
+        status, usage = os.wait4(process.pid, 0)[1:]
         elapsed = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        tail = output.read()[-600:].decode("utf-8", "replace")
+        # Only the tail: reading the collector's whole output (one line per object) would raise this
+        # process's peak RSS, and Linux hands a parent's peak to every child it starts afterwards.
+        size = output.seek(0, os.SEEK_END)
+        output.seek(max(0, size - 600))
+        tail = output.read().decode("utf-8", "replace")
     return elapsed, process.returncode, usage.ru_maxrss, tail
 
 
@@ -199,12 +201,12 @@ def main() -> int:
         print(f"peak RSS floor inherited by a child of this process: {floor / 1024:.1f} MiB", flush=True)
         # Untimed warm-up of both, so neither pays for a cold page cache.
         for name, argv in (("scanner", scanner), ("gc", collector)):
-            elapsed, status, rss, tail = run_measured(argv, cwd)
+            elapsed, status, _rss, tail = run_measured(argv, cwd)
             print(f"warm-up {name}: {elapsed:.2f}s exit {status}", flush=True)
-            if (name == "scanner" and status != 0) or (name == "gc" and status != 0):
+            if status != 0:
                 print(f"ERROR {name} failed on the generated tree:\n{tail}", file=sys.stderr)
                 return 2
-        for _ in range(arguments.rounds):
+        for _round in range(arguments.rounds):
             for name, argv in (("scanner", scanner), ("gc", collector)):
                 results[name].append(run_measured(argv, cwd))
         best = {name: min(runs, key=lambda run: run[0]) for name, runs in results.items()}

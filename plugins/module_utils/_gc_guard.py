@@ -254,8 +254,8 @@ def find_blockers(
 
     problems: t.List[t.Tuple[str, str]] = []
     for repository, directory in reader.iter_repositories(problems):
-        current, _ = reader.read_tags(directory, problems)
-        for tag, (root, _) in current.items():
+        current, _history = reader.read_tags(directory, problems)
+        for tag, (root, _link) in current.items():
             seen: t.Set[str] = set()
             stack = [(root, "tagged manifest")]
             while stack:
@@ -270,9 +270,9 @@ def find_blockers(
                 outcome = reader.read_manifest(digest)
                 if outcome.info is None:
                     continue
-                for child, _ in outcome.info.children:
+                for child, _child_type in outcome.info.children:
                     stack.append((child, "child manifest"))
-                for blob, _, _ in outcome.info.blobs:
+                for blob, _blob_type, _foreign in outcome.info.blobs:
                     if blob in blobs:
                         note("blob", repository, blob, tag, "config or layer")
     return [
@@ -449,7 +449,7 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     parsed = parse_gc_output(dry.stdout)
     outcome.eligible_manifests = list(parsed.eligible_manifests)
     outcome.eligible_blobs = list(parsed.eligible_blobs)
-    walked = list(parsed.repositories) + [repo for repo, _ in parsed.eligible_manifests]
+    walked = list(parsed.repositories) + [repo for repo, _digest in parsed.eligible_manifests]
     unknown = [
         repo
         for repo in dict.fromkeys(walked)
@@ -547,7 +547,7 @@ def _scan_after(reader: StorageReader, outcome: GCOutcome) -> None:
     except ScanError as error:
         outcome.warnings.append(f"the scan after garbage-collect failed: {error}")
         return
-    deleted = set(outcome.deleted_blobs) | {digest for _, digest in outcome.deleted_manifests}
+    deleted = set(outcome.deleted_blobs) | {digest for _repo, digest in outcome.deleted_manifests}
     harmful = [finding for finding in scan.findings if finding.harmful]
     caused = [finding for finding in harmful if deleted & ({finding.digest} | set(finding.missing))]
     outcome.scan_after = {

@@ -188,4 +188,4 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

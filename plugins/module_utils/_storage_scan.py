@@ -288,7 +288,7 @@ def parse_manifest(body: bytes, digest: str) -> ManifestInfo:
             raise ValueError("manifests is not a list")
         children = []
         for entry in entries:
-            child_digest, child_type, _ = _descriptor(entry, "child manifest")
+            child_digest, child_type, _foreign = _descriptor(entry, "child manifest")
             children.append((child_digest, child_type))
         return ManifestInfo(media_type or "application/vnd.oci.image.index.v1+json", tuple(children), ())
     if "config" in document or "layers" in document:
@@ -649,7 +649,7 @@ class StorageReader:
             path = os.path.join(path, part)
             if _directory_problem(path):
                 return False
-        found, _ = self.read_link(os.path.join(path, "link"))
+        found, _problem = self.read_link(os.path.join(path, "link"))
         return found == digest
 
 
@@ -801,7 +801,7 @@ class StorageScanner:
             return True
         if state != "absent":
             # The state names the unusable path itself (data, its directory, or the prefix directory).
-            relative, _, reason = state.partition(" ")
+            relative, _space, reason = state.partition(" ")
             problems.append((os.path.join(self.reader.root, relative), reason))
         return False
 
@@ -835,11 +835,11 @@ class StorageScanner:
             info = outcome.info
             media_types[digest] = info.media_type
             if info.children:
-                edges[digest] = tuple(child for child, _ in info.children)
+                edges[digest] = tuple(child for child, _child_type in info.children)
                 missing = tuple(
                     dict.fromkeys(
                         child
-                        for child, _ in info.children
+                        for child, _child_type in info.children
                         if not ((child in revisions or child in layer_links) and self._blob_usable(child, problems))
                     )
                 )
@@ -901,7 +901,7 @@ class StorageScanner:
         wanted = {item.digest for item in pending}
         for users in users_of_missing.values():
             wanted.update(users)
-        reached = _reach({tag: (digest,) for tag, (digest, _) in current_tags.items()}, edges, wanted)
+        reached = _reach({tag: (digest,) for tag, (digest, _link) in current_tags.items()}, edges, wanted)
         reached_history = _reach(tag_history, edges, wanted)
         for item in pending:
             finding = self._recheck(name, directory, item)

@@ -45,7 +45,7 @@ def options(registry, **overrides) -> GCOptions:
 
 
 def test_guard_refuses_the_delete_untagged_run_that_causes_the_incident(registry, pusher):
-    index, _ = incident_precondition(registry, pusher)
+    index = incident_precondition(registry, pusher)[0]
     registry.stop()
     before = listing(registry.storage_root)
     outcome = run_guarded_gc(options(registry, delete_untagged=True))

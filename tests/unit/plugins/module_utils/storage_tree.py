@@ -134,7 +134,7 @@ class StorageTree:
             self.link_revision(repo, digest)
         if tag:
             self.tag(repo, tag, digest)
-        return Image(digest, manifest_type, config_digest, tuple(digest for digest, _ in layer_blobs))
+        return Image(digest, manifest_type, config_digest, tuple(digest for digest, _size in layer_blobs))
 
     def index(
         self,

@@ -91,7 +91,7 @@ def test_store_without_repositories_is_clean(tmp_path):
 
 
 def test_orphan_index_names_exactly_the_missing_children_and_the_tag(tree):
-    oci, _ = healthy(tree)
+    oci = healthy(tree)[0]
     for child in oci.children[:2]:
         tree.remove_revision("infra-ci", child.digest)
     result = scan_storage(tree.root)
@@ -109,7 +109,7 @@ def test_orphan_index_names_exactly_the_missing_children_and_the_tag(tree):
 
 
 def test_child_without_data_is_orphan_index_and_dangling_revision_reached_through_the_index(tree):
-    _, docker = healthy(tree)
+    docker = healthy(tree)[1]
     child = docker.children[0]
     tree.remove_blob(child.digest)
     result = scan_storage(tree.root)
@@ -130,7 +130,7 @@ def test_broken_manifest_when_a_layer_link_is_missing(tree):
 
 
 def test_layer_without_data_is_broken_manifest_and_referenced_orphan_layer_link(tree):
-    oci, _ = healthy(tree)
+    oci = healthy(tree)[0]
     child = oci.children[1]
     tree.remove_blob(child.config)
     result = scan_storage(tree.root)
@@ -251,7 +251,7 @@ CORRUPT_LINKS = {
 
 
 def _corrupt_content(name: str, digest: str, other: str) -> bytes:
-    content, _ = CORRUPT_LINKS[name]
+    content = CORRUPT_LINKS[name][0]
     if name == "uppercase":
         return ("sha256:" + digest[7:].upper()).encode()
     if name == "trailing_newline":
@@ -613,7 +613,7 @@ def test_repository_patterns_select_repositories(tree):
 
 
 def test_report_lists_every_field_flat(tree):
-    oci, _ = healthy(tree)
+    oci = healthy(tree)[0]
     tree.remove_revision("infra-ci", oci.children[0].digest)
     report = scan_storage(tree.root).as_report()
     json.dumps(report)

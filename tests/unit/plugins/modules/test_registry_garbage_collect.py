@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import types
 import typing as t
 
 import pytest
@@ -36,11 +37,11 @@ def store(tmp_path):
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tree.root}\n  delete:\n    enabled: true\n"
     )
     args = {"storage_root": tree.root, "config_path": str(config), "gc_command": [REGISTRY_BINARY]}
-    return tree, index, stray, args
+    return types.SimpleNamespace(tree=tree, index=index, stray=stray, args=args)
 
 
 def test_refusal_fails_names_tag_and_digest_and_deletes_nothing(store, capsys):
-    tree, index, _, args = store
+    tree, index, args = store.tree, store.index, store.args
     before = tree.listing()
     code, result = run_module(dict(args, delete_untagged=True), capsys, diff=True)
     assert code == 1 and result["failed"] is True and result["changed"] is False
@@ -54,7 +55,7 @@ def test_refusal_fails_names_tag_and_digest_and_deletes_nothing(store, capsys):
 
 
 def test_check_mode_reports_what_would_go_and_changes_nothing(store, capsys):
-    tree, _, stray, args = store
+    tree, stray, args = store.tree, store.stray, store.args
     before = tree.listing()
     code, result = run_module(args, capsys, check=True, diff=True)
     assert code == 0 and result["changed"] is False
@@ -65,7 +66,7 @@ def test_check_mode_reports_what_would_go_and_changes_nothing(store, capsys):
 
 
 def test_real_run_changes_only_with_evidence_and_is_idempotent(store, capsys, tmp_path):
-    tree, index, stray, args = store
+    tree, index, stray, args = store.tree, store.index, store.stray, store.args
     report = tmp_path / "gc.json"
     code, result = run_module(dict(args, report_path=str(report)), capsys, diff=True)
     assert code == 0 and result["changed"] is True, result
@@ -84,7 +85,7 @@ def test_real_run_changes_only_with_evidence_and_is_idempotent(store, capsys, tm
 
 
 def test_collector_failure_is_classified_in_one_message(store, capsys):
-    tree, _, _, args = store
+    tree, args = store.tree, store.args
     tree.image("digest-only", None, seed="d")
     code, result = run_module(dict(args, delete_untagged=True), capsys)
     assert code == 1 and result["failure_kind"] == "missing_tags_directory"
@@ -100,6 +101,6 @@ def test_collector_failure_is_classified_in_one_message(store, capsys):
     ],
 )
 def test_bad_input_is_one_message(store, capsys, overrides, message):
-    _, _, _, args = store
+    args = store.args
     code, result = run_module(dict(args, **overrides), capsys)
     assert code == 1 and result["msg"] == message

@@ -48,7 +48,7 @@ def test_reports_the_orphan_index_read_only(broken, capsys, check):
 
 
 def test_repositories_filter_and_clean_result(broken, capsys):
-    tree, _ = broken
+    tree = broken[0]
     code, result = run_module({"storage_root": tree.v2, "repositories": ["team/*"]}, capsys)
     assert code == 0 and result["clean"] is True and result["findings"] == []
     assert result["counts"]["repositories"] == 1
@@ -66,7 +66,7 @@ def test_fail_on_findings_fails_with_one_sentence_and_the_full_result(broken, ca
 
 
 def test_writes_report_and_metrics(broken, capsys, tmp_path):
-    tree, _ = broken
+    tree = broken[0]
     report, metrics = tmp_path / "scan.json", tmp_path / "scan.prom"
     code, result = run_module(
         {"storage_root": tree.root, "report_path": str(report), "metrics_path": str(metrics)}, capsys
@@ -85,7 +85,7 @@ def test_writes_report_and_metrics(broken, capsys, tmp_path):
     ],
 )
 def test_bad_input_is_one_message(broken, capsys, args, message):
-    tree, _ = broken
+    tree = broken[0]
     args = {key: value.format(root=tree.root) if isinstance(value, str) else value for key, value in args.items()}
     code, result = run_module(args, capsys)
     assert code == 1 and result["msg"].startswith(message)
