@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: selfhosted.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Push a small multi-platform image (an OCI index with two children) over the registry API.
@@ -68,9 +67,12 @@ class Registry:
         return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
-def layer_for(platform: str) -> t.Tuple[bytes, bytes]:
-    """A real gzipped tar with one file (and the uncompressed tar, for the config's diff_id)."""
-    content = f"built for {platform}\n".encode()
+def layer_for(image: str, platform: str) -> t.Tuple[bytes, bytes]:
+    """A real gzipped tar with one file (and the uncompressed tar, for the config's diff_id).
+
+    The file names the image, so two images never share a blob and deleting one frees its blobs.
+    """
+    content = f"{image} built for {platform}\n".encode()
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
         info = tarfile.TarInfo("etc/platform")
@@ -80,8 +82,8 @@ def layer_for(platform: str) -> t.Tuple[bytes, bytes]:
     return gzip.compress(archive.getvalue(), mtime=0), archive.getvalue()
 
 
-def push_child(registry: Registry, repository: str, architecture: str) -> t.Dict[str, t.Any]:
-    compressed, raw = layer_for(architecture)
+def push_child(registry: Registry, repository: str, tag: str, architecture: str) -> t.Dict[str, t.Any]:
+    compressed, raw = layer_for(f"{repository}:{tag}", architecture)
     layer_digest = registry.push_blob(repository, compressed)
     config = json.dumps({
         "architecture": architecture,
@@ -111,7 +113,7 @@ def main(argv: t.Sequence[str]) -> int:
     base_url, repository, tag = argv
     registry = Registry(base_url, os.environ.get("REGISTRY_USERNAME", ""), os.environ.get("REGISTRY_PASSWORD", ""))
     try:
-        children = [push_child(registry, repository, arch) for arch in ("amd64", "arm64")]
+        children = [push_child(registry, repository, tag, arch) for arch in ("amd64", "arm64")]
         index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children},
                            sort_keys=True).encode()
         digest = registry.push_manifest(repository, tag, index, OCI_INDEX)
