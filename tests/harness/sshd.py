@@ -150,6 +150,7 @@ class SshServer:
         self._write_config()
         check = subprocess.run(
             [str(SSHD_BINARY), "-t", "-f", str(self.config_path)],
+            check=False,  # the exit status is read below, to raise with sshd's own words
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
@@ -231,4 +232,5 @@ def run_ssh(server: SshServer, command: str, timeout: float = 30.0) -> subproces
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        check=False,  # the caller reads the exit status
     )

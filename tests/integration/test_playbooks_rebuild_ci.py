@@ -225,7 +225,7 @@ def test_rebuild_ci_check_mode_sends_nothing_to_woodpecker(
 
 def test_rebuild_ci_refuses_an_image_without_a_pipeline(tmp_path: pathlib.Path, registry: RegistryServer) -> None:
     token = secrets.token_urlsafe(24)
-    fake, _ = _woodpecker(token)
+    fake, _repo_id = _woodpecker(token)
     try:
         inventory = write_inventory(tmp_path / "inventory.yml")
         run = run_playbook(
