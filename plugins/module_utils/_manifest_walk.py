@@ -11,6 +11,8 @@ shared broken layer is reported under every image that needs it.
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 import threading
 import typing as t
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +21,12 @@ from ._image_reference import ImageReference, is_digest
 from ._registry_client import (
     INDEX_MEDIA_TYPES,
     IMAGE_MEDIA_TYPES,
+    MAX_MANIFEST_BYTES,
     RegistryClient,
     RegistryError,
+    compute_digest,
 )
+from ._report_files import write_atomic
 
 BLOB_CHECK_MODES = ("head", "read")
 _MAX_INDEX_DEPTH = 4  # an index inside an index is legal; deeper nesting is garbage or a loop
@@ -30,6 +35,51 @@ _ATTESTATION_TYPE = "attestation-manifest"
 
 class WalkError(Exception):
     """The walk could not start (registry unreachable, credentials rejected, listing failed)."""
+
+
+class ManifestCache:
+    """Manifest bodies seen on earlier runs, one file per digest (``<dir>/sha256/<hex>``).
+
+    When a child manifest is gone from the registry, its body is all that tells which configs and
+    layers it needed. Content addressing makes the cache safe: a body is used only if it hashes to the
+    digest it is filed under, so a stale or tampered file can never stand in for another manifest.
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def _path(self, digest: str) -> t.Optional[str]:
+        if not is_digest(digest):
+            return None
+        algorithm, hexdigest = digest.split(":", 1)
+        return os.path.join(self.directory, algorithm, hexdigest)
+
+    def get(self, digest: str) -> t.Optional[bytes]:
+        path = self._path(digest)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as handle:
+                body = handle.read(MAX_MANIFEST_BYTES + 1)
+        except OSError:
+            return None
+        if compute_digest(body, digest.split(":", 1)[0]) != digest:
+            return None
+        return body
+
+    def put(self, digest: str, body: bytes) -> None:
+        path = self._path(digest)
+        if path is None or os.path.exists(path):
+            return
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return  # not a JSON manifest; nothing worth keeping
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomic(path, text)
+        except OSError:
+            pass  # best effort: a cache that cannot be written must not turn a healthy image into a finding
 
 
 class Child(t.NamedTuple):
@@ -121,6 +171,7 @@ class ManifestWalker:
         blob_check: str = "head",
         platforms: t.Optional[t.Sequence[str]] = None,
         descend: bool = True,
+        cache: t.Optional[ManifestCache] = None,
     ):
         if blob_check not in BLOB_CHECK_MODES:
             raise ValueError(f"blob_check must be one of {', '.join(BLOB_CHECK_MODES)}, not {blob_check!r}.")
@@ -131,6 +182,7 @@ class ManifestWalker:
         # descend=False checks only the tagged manifests: a pull-through mirror fetches children lazily,
         # so asking for them would trigger upstream pulls rather than verify anything.
         self.descend = descend
+        self.cache = cache
         self._nodes: t.Dict[t.Tuple[str, str, str], _Node] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -187,24 +239,48 @@ class ManifestWalker:
             digest = self.client.head_manifest(repository, reference, what=node.what)[1]
             node.digest = digest or (reference if is_digest(reference) else None)
             return
-        manifest = self.client.get_manifest(repository, reference, what=node.what)
+        try:
+            manifest = self.client.get_manifest(repository, reference, what=node.what)
+        except RegistryError as exc:
+            remembered = self.cache.get(reference) if self.cache is not None and exc.status == 404 else None
+            if remembered is None:
+                raise
+            # Gone from the registry, but its body is known: report it, and still check what it needs.
+            node.problem = exc
+            node.digest = reference
+            self._walk_document(node, repository, json.loads(remembered), depth)
+            return
         node.digest = manifest.digest
         node.media_type = manifest.media_type
+        if self.cache is not None:
+            self.cache.put(manifest.digest, manifest.body)
         if not is_digest(reference):
             # A tag and its digest are the same object: a later request by digest reuses this node.
             with self._lock:
                 self._nodes.setdefault(("manifest", repository, manifest.digest), node)
-        document = manifest.document
-        if manifest.media_type in INDEX_MEDIA_TYPES:
+        self._walk_document(node, repository, manifest.document, depth)
+
+    def _walk_document(self, node: _Node, repository: str, document: t.Any, depth: int) -> None:
+        if not isinstance(document, dict):
+            node.problem = node.problem or RegistryError(f"{node.what} is not a manifest object.", status=200)
+            return
+        if node.media_type is None:
+            # Only a remembered body gets here without a Content-Type; OCI makes mediaType optional.
+            node.media_type = document.get("mediaType") or (
+                "application/vnd.oci.image.index.v1+json" if "manifests" in document
+                else "application/vnd.oci.image.manifest.v1+json"
+            )
+        media_type = node.media_type
+        if media_type in INDEX_MEDIA_TYPES:
             if depth >= _MAX_INDEX_DEPTH:
                 node.problem = RegistryError(f"{node.what} nests indexes deeper than {_MAX_INDEX_DEPTH}.", 200)
                 return
             self._index_edges(node, repository, document, depth)
-        elif manifest.media_type in IMAGE_MEDIA_TYPES:
+        elif media_type in IMAGE_MEDIA_TYPES:
             self._image_edges(node, repository, document)
         else:
-            node.problem = RegistryError(
-                f"{node.what} has the unsupported media type {manifest.media_type or 'none'!r}.",
+            node.problem = node.problem or RegistryError(
+                f"{node.what} has the unsupported media type {media_type or 'none'!r}.",
                 status=200,
             )
 
@@ -407,10 +483,11 @@ class ManifestWalker:
                 message=f"{reference}: {node.problem.message}",
             ))
             broken_keys.add((key[0], key[1], digest or key[2]))
-            return True
+            if not node.edges:
+                return True
         if key in visiting:  # content addressing makes cycles impossible; garbage must not recurse forever
             return False
-        any_broken = False
+        any_broken = node.problem is not None
         for edge in node.edges:
             if self._collect(reference, edge.key, edge.object_type, chain, broken, broken_keys, visiting | {key}):
                 any_broken = True

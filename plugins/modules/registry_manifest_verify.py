@@ -83,6 +83,16 @@ options:
       - Fail the task when any image is broken. With V(false) the result is only reported.
     type: bool
     default: true
+  manifest_cache_path:
+    description:
+      - Directory where the module keeps the body of every manifest it reads, one file per digest.
+      - When a child manifest is later gone from the registry (the incident), its remembered body tells which
+        configs and layers it needed, so those are checked and named too, each with its chain from the tag.
+        Without it only the missing child manifest itself can be named.
+      - A remembered body is used only when it hashes to its digest. Manifests are small (a few KiB each);
+        nothing is ever removed from the directory.
+      - Written in check mode too.
+    type: path
   report_path:
     description:
       - Write the result as JSON to this file, atomically (a reader never sees a partial file).
@@ -99,8 +109,8 @@ notes:
   - The module only reads from the registry. Run it where the registry is reachable, usually with
     O(ignore:delegate_to=localhost).
   - A child manifest that is gone cannot be read, so the configs and layers only it referenced cannot be
-    listed over the API; the module names the missing child manifest and a storage scan on the registry host
-    names the rest.
+    listed over the API. With O(manifest_cache_path) set on the runs before the damage (a nightly probe),
+    the module names them too; without it, it names the missing child manifest.
 author:
   - selfhosted.registry maintainers (@selfhosted-registry)
 """
@@ -123,6 +133,7 @@ EXAMPLES = r"""
       - team/*
     blob_check: read
     report_path: /var/lib/registry-probe/verify.json
+    manifest_cache_path: /var/lib/registry-probe/manifests
     metrics_path: /var/lib/node_exporter/textfile/registry_verify.prom
   delegate_to: localhost
 
@@ -279,13 +290,14 @@ broken:
         answered 404 MANIFEST_UNKNOWN.
 """
 
+import os
 import time
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ..module_utils._image_reference import ImageReferenceError, parse_image_reference
-from ..module_utils._manifest_walk import ManifestWalker, WalkError, WalkResult
+from ..module_utils._manifest_walk import ManifestCache, ManifestWalker, WalkError, WalkResult
 from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
 from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
 from ..module_utils._report_files import Metric, write_json_report, write_metrics
@@ -304,6 +316,7 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         fail_on_broken=dict(type="bool", default=True),
         report_path=dict(type="path"),
         metrics_path=dict(type="path"),
+        manifest_cache_path=dict(type="path"),
     )
     return spec
 
@@ -388,6 +401,17 @@ def main() -> None:
     if params["concurrency"] < 1:
         module.fail_json(msg=f"concurrency must be at least 1, not {params['concurrency']}.")
 
+    cache = None
+    if params["manifest_cache_path"]:
+        try:
+            os.makedirs(params["manifest_cache_path"], exist_ok=True)
+        except OSError as exc:
+            module.fail_json(msg=f"Could not create manifest_cache_path {params['manifest_cache_path']}:"
+                                 f" {exc.strerror or exc}.")
+        if not os.access(params["manifest_cache_path"], os.W_OK):
+            module.fail_json(msg=f"manifest_cache_path {params['manifest_cache_path']} is not writable.")
+        cache = ManifestCache(params["manifest_cache_path"])
+
     started = time.time()
     try:
         client = build_registry_client(params, pool_size=params["concurrency"])
@@ -407,6 +431,7 @@ def main() -> None:
         blob_check=params["blob_check"],
         platforms=params["platforms"],
         descend=not (params["mirror"] and params["catalog"]),
+        cache=cache,
     )
     try:
         if params["catalog"]:

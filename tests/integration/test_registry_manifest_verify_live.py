@@ -8,6 +8,7 @@ harness over HTTP independently of the code under test.
 
 from __future__ import annotations
 
+import pathlib
 import re
 import time
 import typing as t
@@ -16,6 +17,7 @@ import pytest
 
 from ansible_collections.selfhosted.registry.plugins.module_utils._image_reference import parse_image_reference
 from ansible_collections.selfhosted.registry.plugins.module_utils._manifest_walk import (
+    ManifestCache,
     ManifestWalker,
     WalkError,
     WalkResult,
@@ -275,3 +277,41 @@ def test_mirror_catalog_checks_tags_without_pulling_children(make_registry: t.Ca
     # Asked for explicitly, the children are fetched through the mirror and verified.
     explicit = verify(mirror, "library/tool:1.0")
     assert explicit.ok and explicit.summary.manifests == 1 + len(index.children)
+
+
+@pytest.mark.parametrize("variant, fmt", [
+    ("untagged_children", "oci"),
+    ("untagged_children", "docker"),
+    ("tag_dirs_removed", "oci"),
+    ("children_deleted_by_api", "oci"),
+])
+def test_with_a_manifest_cache_the_incident_is_named_down_to_every_blob(
+    registry: RegistryServer, pusher: ImagePusher, tmp_path: pathlib.Path, variant: str, fmt: str
+) -> None:
+    """The nightly probe ran while the image was healthy; after the GC it names every object that went."""
+    cache = ManifestCache(str(tmp_path / "manifests"))
+    keep = pusher.push_image("infra-ci", "latest-base", layers=[make_layer("infra-ci||shared base layer\n")],
+                             seed="|base")
+    child_tags = ["build-1-amd64", "build-1-arm64"] if variant == "tag_dirs_removed" else None
+    before = pusher.push_index("infra-ci", "latest", fmt=fmt, attestations=True, shared_layers=keep.layers[:1],
+                               child_tags=child_tags)
+    assert verify(registry, "infra-ci:latest", cache=cache).ok
+
+    incident = reproduce_incident(registry, pusher, variant=variant, fmt=fmt, keep_image=keep)
+    # The harness pushed the same content again before breaking it: the cache knows every child.
+    assert incident.index.digest == before.digest
+    assert all(cache.get(digest) is not None for digest in incident.missing_manifests)
+
+    result = verify(registry, "infra-ci:latest", f"{keep.repository}:{keep.tag}", cache=cache)
+    assert [i.ok for i in result.images] == [False, True]
+    named = {(b.object_type == "manifest", b.digest) for b in result.broken}
+    assert named == {(True, d) for d in incident.missing_manifests} | {(False, d) for d in incident.missing_blobs}
+    assert not {b.digest for b in result.broken} & set(incident.surviving_blobs)
+    children = {child.digest: child for child in incident.index.children}
+    for broken in result.broken:
+        assert broken.chain[:2] == ["infra-ci:latest", incident.index.digest]
+        assert broken.chain[2] in children and broken.chain[-1] == broken.digest
+        if broken.object_type != "manifest":
+            assert len(broken.chain) == 4 and broken.digest in children[broken.chain[2]].blob_digests
+            assert (broken.status, broken.error_code) == (404, "BLOB_UNKNOWN")
+    assert result.summary.broken_objects == len(incident.missing_manifests) + len(incident.missing_blobs)

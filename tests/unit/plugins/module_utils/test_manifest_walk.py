@@ -239,3 +239,41 @@ def test_unreachable_registry_stops_the_walk_with_one_sentence() -> None:
 def test_bad_blob_check_mode() -> None:
     with pytest.raises(ValueError, match="blob_check must be one of head, read"):
         ManifestWalker(RegistryClient("http://127.0.0.1:1"), blob_check="sometimes")
+
+
+def test_a_remembered_child_names_its_configs_and_layers_once_it_is_gone(fake: FakeRegistry, tmp_path) -> None:
+    from ansible_collections.selfhosted.registry.plugins.module_utils._manifest_walk import ManifestCache
+
+    cache = ManifestCache(str(tmp_path / "manifests"))
+    pushed = multi_arch(fake, "infra-ci", "latest", b"base", "x")
+    assert walk(fake, "infra-ci:latest", cache=cache).ok
+    amd = pushed["amd"]["digest"]
+    amd_layer = digest_of(b"x-amd")
+    del fake.manifests[("infra-ci", amd)]
+    del fake.blobs[("infra-ci", amd_layer)]
+
+    without = walk(fake, "infra-ci:latest")
+    assert [(b.object_type, b.digest) for b in without.broken] == [("manifest", amd)]
+
+    result = walk(fake, "infra-ci:latest", cache=cache)
+    index = pushed["index"]["digest"]
+    assert [(b.object_type, b.digest, b.chain, b.status) for b in result.broken] == [
+        ("manifest", amd, ["infra-ci:latest", index, amd], 404),
+        ("layer", amd_layer, ["infra-ci:latest", index, amd, amd_layer], 404),
+    ]
+    assert result.summary.broken_objects == 2 and result.summary.broken_images == 1
+
+
+def test_a_tampered_cache_file_is_never_used(fake: FakeRegistry, tmp_path) -> None:
+    from ansible_collections.selfhosted.registry.plugins.module_utils._manifest_walk import ManifestCache
+
+    cache = ManifestCache(str(tmp_path))
+    pushed = multi_arch(fake, "app", "v1", b"base", "x")
+    assert walk(fake, "app:v1", cache=cache).ok
+    amd = pushed["amd"]["digest"]
+    stored = tmp_path / "sha256" / amd.split(":", 1)[1]
+    stored.write_text('{"schemaVersion": 2, "config": {"digest": "sha256:' + "e" * 64 + '"}, "layers": []}')
+    del fake.manifests[("app", amd)]
+    result = walk(fake, "app:v1", cache=cache)
+    assert [(b.object_type, b.digest) for b in result.broken] == [("manifest", amd)]
+    assert cache.get(amd) is None and cache.get("../../etc/passwd") is None
