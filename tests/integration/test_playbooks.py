@@ -296,6 +296,10 @@ def test_investigate_on_a_healthy_registry_passes(tmp_path: pathlib.Path, regist
     inventory = write_inventory(tmp_path / "inventory.yml")
 
     run = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "run")
+    checked = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "check", check=True)
 
     assert run.returncode == 0, run.explain()
     assert f"0 of {len(HEALTHY)} tag(s) broken" in run.stdout, run.explain()
+    assert "storage: 0 finding(s) on registry-vm, 0 harmful" in run.stdout, run.explain()
+    assert checked.returncode == 0, checked.explain()
+    assert f"0 of {len(HEALTHY)} tag(s) broken" in checked.stdout, checked.explain()
