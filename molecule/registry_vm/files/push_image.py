@@ -56,7 +56,7 @@ class Registry:
 
     def push_blob(self, repository: str, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        _, headers = self.request("POST", f"/v2/{repository}/blobs/uploads/")
+        headers = self.request("POST", f"/v2/{repository}/blobs/uploads/")[1]
         location = urllib.parse.urljoin(self.base_url + "/", headers["Location"])
         separator = "&" if "?" in location else "?"
         self.request("PUT", f"{location}{separator}digest={digest}", data, "application/octet-stream")
