@@ -17,6 +17,8 @@ TEST_STEPS  := unit integration sanity lint build molecule
 # Extra pytest options, e.g. `make unit PYTEST_ARGS="-k manifest -x"`.
 PYTEST_ARGS ?=
 PYTEST      := python -m pytest -c tests/pytest.ini
+# Extra ansible-test options, e.g. `make sanity SANITY_ARGS="--test pylint"`.
+SANITY_ARGS ?=
 
 .PHONY: help setup demo test unit integration sanity lint changelog build molecule bench clean
 
@@ -61,7 +63,7 @@ integration: setup  ## integration tests: real registry, garbage collector, sshd
 	$(PYTEST) $(PYTEST_ARGS) tests/integration
 
 sanity: setup  ## ansible-test sanity, every test, Python 3.11
-	scripts/sanity
+	scripts/sanity $(SANITY_ARGS)
 
 lint: setup  ## ansible-lint (production profile), changelog fragments, shellcheck
 	scripts/lint
