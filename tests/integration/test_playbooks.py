@@ -293,10 +293,14 @@ def test_investigate_lists_every_broken_tag_with_its_pipeline_and_deletes_nothin
 
 def test_investigate_on_a_healthy_registry_passes(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
     _push_healthy(make_pusher(registry))
-    inventory = write_inventory(tmp_path / "inventory.yml")
+    # No registry_storage_root: the default follows the registry_vm role's variables in the inventory.
+    role_layout = {"registry_vm_data_dir": str(registry.storage_root.parent),
+                   "registry_vm_private_name": registry.storage_root.name}
+    inventory = write_inventory(tmp_path / "inventory.yml", registry_vm={"ansible_connection": "local", **role_layout})
+    extra = {"registry_url": registry.url}
 
-    run = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "run")
-    checked = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "check", check=True)
+    run = run_playbook("investigate.yml", inventory, extra, tmp_path / "run")
+    checked = run_playbook("investigate.yml", inventory, extra, tmp_path / "check", check=True)
 
     assert run.returncode == 0, run.explain()
     assert f"0 of {len(HEALTHY)} tag(s) broken" in run.stdout, run.explain()
