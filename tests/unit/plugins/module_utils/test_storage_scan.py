@@ -501,11 +501,11 @@ def _vanish_on_read(monkeypatch, trigger: str, action):
     real = StorageReader.open_bytes
     fired = []
 
-    def patched(self, path, limit):
+    def patched(self, path, limit, valid=None):
         if path == trigger and not fired:
             fired.append(path)
             action()
-        return real(self, path, limit)
+        return real(self, path, limit, valid)
 
     monkeypatch.setattr(StorageReader, "open_bytes", patched)
     return fired
@@ -533,11 +533,11 @@ def test_manifest_data_deleted_after_its_link_was_read_is_rechecked(tree, monkey
 
     real = StorageReader.open_bytes
 
-    def patched(self, path, limit):
+    def patched(self, path, limit, valid=None):
         if path == tree.blob_data(image.digest) and os.path.exists(path):
             collect_data_then_link()
             tree.remove_revision("app", image.digest)
-        return real(self, path, limit)
+        return real(self, path, limit, valid)
 
     monkeypatch.setattr(StorageReader, "open_bytes", patched)
     result = scan_storage(tree.root)
@@ -558,11 +558,11 @@ def test_link_caught_mid_write_is_not_corruption(tree, monkeypatch):
     real = StorageReader.open_bytes
     calls = []
 
-    def half_written(self, target, limit):
+    def half_written(self, target, limit, valid=None):
         if target == path and not calls:
             calls.append(target)
             return b""  # the filesystem driver truncates before it writes
-        return real(self, target, limit)
+        return real(self, target, limit, valid)
 
     monkeypatch.setattr(StorageReader, "open_bytes", half_written)
     result = scan_storage(tree.root)
