@@ -172,6 +172,34 @@ def test_rebuild_ci_starts_a_shared_pipeline_once_and_all_pipelines_before_waiti
     assert "3 of 3 image(s) verify end to end" in run.stdout, run.explain()
 
 
+def test_rebuild_ci_restarts_the_newest_failed_pipeline(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    failed = fake.add_pipeline(repo_id, status="failure", branch="main")  # the pipeline that hit the 404
+    pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry), after=failed)
+    pipeline.start()
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        run = run_playbook(
+            "rebuild_ci.yml", inventory, _extra_vars(registry, fake, rebuild_action="restart"), tmp_path / "run",
+            env={"WOODPECKER_TOKEN": token},
+        )
+        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+
+    assert pipeline.error is None, pipeline.error
+    assert run.returncode == 0, run.explain()
+    assert [r.path for r in fake.api_requests("POST")] == [f"/api/repos/{repo_id}/pipelines/{failed}"]
+    assert fake.stored(repo_id, pipeline.number)["parent"] == failed
+    assert f"Woodpecker pipeline ops/infra-ci#{pipeline.number}, status success" in run.stdout, run.explain()
+    assert "1 of 1 image(s) verify end to end" in run.stdout, run.explain()
+
+
 def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
     tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
 ) -> None:
