@@ -211,8 +211,10 @@ def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
     pipeline.start()
     try:
         inventory = write_inventory(tmp_path / "inventory.yml")
+        # The token as an extra var this time (a vault value), and -v to show every task result.
         run = run_playbook(
-            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run", env={"WOODPECKER_TOKEN": token}
+            "rebuild_ci.yml", inventory, _extra_vars(registry, fake, woodpecker_token=token), tmp_path / "run",
+            extra_args=["-v"],
         )
         pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
     finally:

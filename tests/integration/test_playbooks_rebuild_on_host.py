@@ -195,7 +195,9 @@ def test_rebuild_on_host_pushes_with_credentials_that_never_show(
     inventory, extra_vars = _setup(tmp_path, registry_basic, sshd_server)
     secret_env = {"REGISTRY_USERNAME": registry_basic.username, "REGISTRY_PASSWORD": registry_basic.password}
 
-    run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run", env=secret_env)
+    # -vvv shows module arguments, task results and every remote command line: the password is in none.
+    run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run", env=secret_env,
+                       extra_args=["-vvv"])
 
     assert run.returncode == 0, run.explain()
     assert "1 of 1 rebuilt image(s) verify end to end" in run.stdout, run.explain()
