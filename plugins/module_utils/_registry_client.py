@@ -186,6 +186,9 @@ class RegistryClient:
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = user_agent
+        if verify is False:
+            # The user turned verification off on purpose; one warning per request would bury the result.
+            requests.packages.urllib3.disable_warnings(requests.packages.urllib3.exceptions.InsecureRequestWarning)
         self._lock = threading.Lock()
         self._scheme: t.Optional[str] = None  # "basic" or "bearer" once the registry has asked
         self._challenge: t.Dict[str, str] = {}

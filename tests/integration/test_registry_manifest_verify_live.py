@@ -315,3 +315,15 @@ def test_with_a_manifest_cache_the_incident_is_named_down_to_every_blob(
             assert len(broken.chain) == 4 and broken.digest in children[broken.chain[2]].blob_digests
             assert (broken.status, broken.error_code) == (404, "BLOB_UNKNOWN")
     assert result.summary.broken_objects == len(incident.missing_manifests) + len(incident.missing_blobs)
+
+
+def test_validate_certs_off_works_without_a_warning_per_request(registry_tls: RegistryServer,
+                                                                make_pusher: t.Callable) -> None:
+    import warnings
+
+    make_pusher(registry_tls).push_index("infra-ci", "latest")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = verify(registry_tls, "infra-ci:latest", verify=False)
+    assert result.ok
+    assert not [w for w in caught if "Unverified HTTPS" in str(w.message)]
