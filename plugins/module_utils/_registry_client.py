@@ -353,7 +353,9 @@ class RegistryClient:
     ) -> requests.Response:
         """An authenticated request: answers a 401 challenge once, then returns whatever came back."""
         target = url or self.base_url + path
-        for attempt in range(2):
+        refreshed = False
+        # At most: one anonymous try that learns the challenge, one with credentials, one with a fresh token.
+        for unused_attempt in range(3):
             auth = self._auth_kwargs(scope)
             merged = dict(headers or {})
             merged.update(auth.pop("headers", {}))
@@ -361,6 +363,11 @@ class RegistryClient:
             if response.status_code != 401:
                 return response
             learned = self._learn_challenge(response, what)
+            if not learned and self._scheme == "bearer" and not refreshed:
+                # Same realm, token refused: it may have expired early on the server's clock. Once more, fresh.
+                with self._lock:
+                    self._tokens.pop(scope or "", None)
+                learned = refreshed = True
             if not learned:
                 break
             response.close()
@@ -368,6 +375,8 @@ class RegistryClient:
             message = f"Registry {self.host} requires credentials for {what}."
         elif self._username is None:
             message = f"Registry {self.host} refused anonymous access to {what}."
+        elif _parse_challenge(response.headers.get("WWW-Authenticate", ""))[1].get("error") == "insufficient_scope":
+            message = f"Registry {self.host} does not grant these credentials access to {what} (insufficient scope)."
         else:
             message = f"Registry {self.host} rejected the credentials for {what}."
         code = _error_code(response)
@@ -575,7 +584,7 @@ class RegistryClient:
             if url in seen or len(seen) >= _MAX_PAGES:
                 raise RegistryError(f"The {what} pagination of {self.host} loops back to a page already read.")
             seen.add(url)
-            response = self.request("GET", "", what, scope=scope, url=url, stream=True,
+            response = self.request("GET", "", f"the {what}", scope=scope, url=url, stream=True,
                                     headers={"Accept": "application/json"})
             try:
                 if response.status_code != 200:

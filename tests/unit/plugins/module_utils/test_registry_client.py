@@ -349,6 +349,24 @@ def test_tokens_are_reused_until_they_expire(server: LoopbackServer) -> None:
     assert tokens.issued == ["repository:app:pull"] * 3
 
 
+def test_a_token_the_registry_refuses_is_replaced_once(server: LoopbackServer) -> None:
+    tokens = TokenService(server)
+    refused = {"tok-1|repository:app:pull"}  # e.g. expired early on the registry's clock
+    tokens.protect("/v2/app/manifests/v1", "repository:app:pull", lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST))
+    guarded = server.routes["/v2/app/manifests/v1"]
+    server.routes["/v2/app/manifests/v1"] = lambda seen: (
+        json_reply(401, {}, {"WWW-Authenticate": tokens.challenge + ',scope="repository:app:pull"'})
+        if seen.headers.get("Authorization", "")[len("Bearer "):] in refused else guarded(seen))
+    client = client_for(server, username="u", password=SECRET)
+    assert client.get_manifest("app", "v1").digest == digest_of(MANIFEST)
+    assert tokens.issued == ["repository:app:pull"] * 2
+    refused.add("tok-2|repository:app:pull")
+    refused.add("tok-3|repository:app:pull")
+    with pytest.raises(RegistryError, match="rejected the credentials"):
+        client.get_manifest("app", "v1")
+    assert len(tokens.issued) == 3
+
+
 def test_token_service_rejecting_credentials(server: LoopbackServer) -> None:
     tokens = TokenService(server)
     tokens.protect("/v2/", "", lambda seen: json_reply(200, {}))
