@@ -298,7 +298,6 @@ class GCOutcome:
         self.commands: t.List[t.List[str]] = []
         self.warnings: t.List[str] = []
         self.scan_after: t.Optional[t.Dict[str, t.Any]] = None
-        self.gc_output = ""
         self.collection_attempted = False
 
     @property
@@ -438,13 +437,12 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     except GCGuardError as error:
         _fail(outcome, "command", str(error))
         return
-    outcome.gc_output = dry.stdout[-4000:]
     if dry.returncode != 0:
         failure = classify_failure(dry)
         if failure.kind == "empty_store":
             outcome.status, outcome.message = "nothing_to_collect", failure.message
             return
-        _fail(outcome, failure.kind, f"dry run refused to start: {failure.message}")
+        _fail(outcome, failure.kind, f"the dry run failed: {failure.message}")
         return
     parsed = parse_gc_output(dry.stdout)
     outcome.eligible_manifests = list(parsed.eligible_manifests)

@@ -212,4 +212,4 @@ def test_installed_command_line_refuses_then_collects(registry, pusher, tmp_path
 
     broken = run("--config", str(tmp_path / "missing.yml"))
     assert broken.returncode == 2
-    assert broken.stderr.startswith("ERROR dry run refused to start: the garbage collector rejected its configuration")
+    assert broken.stderr.startswith("ERROR the dry run failed: the garbage collector rejected its configuration")
