@@ -171,6 +171,34 @@ def test_diagnose_reports_a_wrong_storage_root_in_one_line_and_keeps_the_api_dia
     assert "Traceback" not in run.output
 
 
+def test_diagnose_names_rejected_credentials_in_one_line(tmp_path: pathlib.Path, registry_basic: RegistryServer) -> None:
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    wrong = "not-the-password-" + registry_basic.host
+    extra = _vars(registry_basic, registry_images="infra-ci:latest", registry_username=registry_basic.username,
+                  registry_password=wrong)
+
+    run = run_playbook("diagnose.yml", inventory, extra, tmp_path / "run")
+
+    assert run.returncode != 0
+    assert "credentials" in run.stdout.lower() or "401" in run.stdout, run.explain()
+    assert wrong not in run.output
+    assert "Traceback" not in run.output
+
+
+def test_diagnose_names_an_unreachable_registry_in_one_line(tmp_path: pathlib.Path) -> None:
+    from tests.harness.registry import free_port
+
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    url = f"http://127.0.0.1:{free_port()}"
+
+    run = run_playbook("diagnose.yml", inventory, {"registry_url": url, "registry_images": "infra-ci:latest"},
+                       tmp_path / "run")
+
+    assert run.returncode != 0
+    assert "Could not reach" in run.stdout, run.explain()
+    assert "Traceback" not in run.output
+
+
 def test_diagnose_asks_for_its_inputs(tmp_path: pathlib.Path) -> None:
     inventory = write_inventory(tmp_path / "inventory.yml")
 
