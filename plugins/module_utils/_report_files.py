@@ -57,6 +57,14 @@ def _escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _format_value(value: float) -> str:
+    # Exact integers print whole (a Unix timestamp must keep its seconds); repr keeps every float digit.
+    number = float(value)
+    if number.is_integer() and abs(number) < 2 ** 53:
+        return str(int(number))
+    return repr(number)
+
+
 def render_metrics(metrics: t.Iterable[Metric]) -> str:
     """Render samples in the Prometheus text exposition format, HELP/TYPE once per name."""
     lines: list[str] = []
@@ -76,7 +84,7 @@ def render_metrics(metrics: t.Iterable[Metric]) -> str:
             labels = "{" + ",".join(
                 f'{key}="{_escape_label_value(str(value))}"' for key, value in sorted(metric.labels.items())
             ) + "}"
-        lines.append(f"{metric.name}{labels} {float(metric.value):g}")
+        lines.append(f"{metric.name}{labels} {_format_value(metric.value)}")
     return "\n".join(lines) + "\n"
 
 

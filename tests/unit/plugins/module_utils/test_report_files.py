@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import (
+    Metric,
+    render_metrics,
+    write_json_report,
+    write_metrics,
+)
+
+
+def test_metrics_render_help_and_type_once_per_name_with_escaped_labels():
+    text = render_metrics([
+        Metric("registry_image_broken", "Broken images.", "gauge", 1, {"repository": 'a"b\\c', "tag": "x\ny"}),
+        Metric("registry_image_broken", "Broken images.", "gauge", 0, {"repository": "ok", "tag": "latest"}),
+    ])
+    assert text.splitlines() == [
+        "# HELP registry_image_broken Broken images.",
+        "# TYPE registry_image_broken gauge",
+        'registry_image_broken{repository="a\\"b\\\\c",tag="x\\ny"} 1',
+        'registry_image_broken{repository="ok",tag="latest"} 0',
+    ]
+
+
+def test_timestamps_keep_every_second_and_fractions_keep_their_digits():
+    text = render_metrics([
+        Metric("last_run_timestamp_seconds", "Last run.", "gauge", 1795950123),
+        Metric("duration_seconds", "Duration.", "gauge", 0.123456789),
+    ])
+    assert "last_run_timestamp_seconds 1795950123\n" in text
+    assert "duration_seconds 0.123456789\n" in text
+
+
+@pytest.mark.parametrize("name", ["9starts_with_digit", "has-dash", ""])
+def test_invalid_metric_names_are_refused(name):
+    with pytest.raises(ValueError):
+        render_metrics([Metric(name, "x", "gauge", 1)])
+
+
+def test_writes_replace_the_file_whole_and_leave_no_temporary_files(tmp_path):
+    report = tmp_path / "report.json"
+    report.write_text("old")
+    write_json_report(str(report), {"ok": True, "broken": []})
+    assert json.loads(report.read_text()) == {"broken": [], "ok": True}
+    metrics = tmp_path / "probe.prom"
+    write_metrics(str(metrics), [Metric("up", "Up.", "gauge", 1)])
+    assert metrics.read_text().endswith("up 1\n")
+    assert sorted(os.listdir(tmp_path)) == ["probe.prom", "report.json"]
+    assert oct(report.stat().st_mode & 0o777) == "0o644"
