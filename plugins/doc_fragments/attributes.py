@@ -16,6 +16,8 @@ attributes:
   diff_mode:
     support: none
   idempotent:
+    description:
+      - When run twice in a row with the same arguments, the second run reports no change.
     support: full
     details:
       - Reading changes nothing; C(changed) is always C(false).
