@@ -272,6 +272,27 @@ def test_verify_from_the_installed_collection_limits_the_catalog_and_only_report
     assert f"{len(HEALTHY) + 2} image(s) checked, 1 broken" in whole.stdout, whole.explain()
 
 
+def test_verify_limits_platforms_and_treats_a_mirror_as_informational(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    amd64 = next(child for child in incident.index.children if child.platform == "linux/amd64")
+    arm64 = next(child for child in incident.index.children if child.platform == "linux/arm64")
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    only_amd64 = run_playbook("verify.yml", inventory,
+                              _vars(registry, registry_images="infra-ci:latest", verify_platforms=["linux/amd64"]),
+                              tmp_path / "run1")
+    mirror = run_playbook("verify.yml", inventory, _vars(registry, registry_images="infra-ci:latest", registry_is_mirror=True),
+                          tmp_path / "run2")
+
+    assert only_amd64.returncode != 0, only_amd64.explain()
+    assert amd64.digest in only_amd64.stdout and arm64.digest not in only_amd64.stdout, only_amd64.explain()
+    assert mirror.returncode == 0, mirror.explain()
+    assert "1 image(s) checked, 1 broken" in mirror.stdout, mirror.explain()
+
+
 def test_verify_refuses_a_list_and_the_catalog_together(tmp_path: pathlib.Path, registry: RegistryServer) -> None:
     inventory = write_inventory(tmp_path / "inventory.yml")
 
