@@ -98,6 +98,10 @@ options:
 notes:
   - Fails with RV(status=refused) when the collection would break a tagged image; the result lists the
     RV(blockers) (kind, repository, digest and tags).
+  - Reachability follows stored manifest content from every current tag, not only revision links. A tag whose
+    revision link is gone (a dangling tag) therefore still blocks a plain collection that would sweep its
+    manifest, config and layers, because those are what re-linking the revision needs.
+  - Tag history (C(_manifests/tags/<tag>/index)) does not protect anything, as in the registry itself.
 seealso:
   - module: selfhosted.registry.registry_orphan_scan
 """

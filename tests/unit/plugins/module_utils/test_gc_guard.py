@@ -278,3 +278,17 @@ def test_deletions_the_dry_run_did_not_list_are_caught_by_storage_evidence(tree,
     assert outcome.scan_after["broken_tags"] == ["app:v1"]
     # The layer was not among the deleted digests the guard saw, so it is other damage, not new.
     assert outcome.scan_after["other_damage"] >= 1
+
+
+def test_plain_gc_is_refused_when_it_would_sweep_what_a_dangling_tag_still_names(tree, tmp_path):
+    # A tag whose revision link is gone: plain GC no longer marks its manifest, config or layers. The
+    # tag already answers 404, but the data is what a repair (re-linking the revision) needs.
+    image = tree.image("app", "v1", seed="dangling")
+    tree.remove_revision("app", image.digest)
+    before = tree.listing()
+    outcome = guarded(tree, tmp_path)
+    assert outcome.status == "refused"
+    roles = {(blocker.digest, blocker.role) for blocker in outcome.blockers}
+    assert (image.digest, "tagged manifest") in roles
+    assert {(digest, "config or layer") for digest in (image.config, *image.layers)} <= roles
+    assert tree.listing() == before
