@@ -119,15 +119,15 @@ class RegistryServer:
         return self.tree / "repositories" / repository
 
     def blob_data_path(self, digest: str) -> pathlib.Path:
-        algorithm, _, hex_digest = digest.partition(":")
+        algorithm, _sep, hex_digest = digest.partition(":")
         return self.tree / "blobs" / algorithm / hex_digest[:2] / hex_digest / "data"
 
     def revision_link_path(self, repository: str, digest: str) -> pathlib.Path:
-        algorithm, _, hex_digest = digest.partition(":")
+        algorithm, _sep, hex_digest = digest.partition(":")
         return self.repository_path(repository) / "_manifests" / "revisions" / algorithm / hex_digest / "link"
 
     def layer_link_path(self, repository: str, digest: str) -> pathlib.Path:
-        algorithm, _, hex_digest = digest.partition(":")
+        algorithm, _sep, hex_digest = digest.partition(":")
         return self.repository_path(repository) / "_layers" / algorithm / hex_digest / "link"
 
     def tag_path(self, repository: str, tag: str) -> pathlib.Path:

@@ -194,11 +194,11 @@ class TokenIssuer:
         """(username, ok). No header is anonymous; a bad or unknown credential is refused."""
         if not header:
             return None, False
-        kind, _, value = header.partition(" ")
+        kind, _sep, value = header.partition(" ")
         if kind.lower() != "basic":
             return None, False
         try:
-            username, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+            username, _sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
         except (ValueError, UnicodeDecodeError):
             return None, False
         user = self.users.get(username)
