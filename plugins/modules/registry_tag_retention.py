@@ -316,8 +316,10 @@ next_step:
 
 import typing as t
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
+# The shared connection spec imports requests only when a client is built, so this host-side module can use it.
+from ..module_utils._registry_options import registry_connection_argument_spec
 from ..module_utils._report_files import write_json_report
 from ..module_utils._tag_retention import (
     DEFAULT_KEEP_NEWEST,
@@ -333,13 +335,8 @@ from ..module_utils._tag_retention import (
 
 def _argument_spec() -> t.Dict[str, t.Any]:
     return dict(
+        registry_connection_argument_spec(),
         storage_root=dict(type="path", required=True),
-        registry_url=dict(type="str", required=True),
-        username=dict(type="str", fallback=(env_fallback, ["REGISTRY_USERNAME"])),
-        password=dict(type="str", no_log=True, fallback=(env_fallback, ["REGISTRY_PASSWORD"])),
-        validate_certs=dict(type="bool", default=True),
-        ca_path=dict(type="path"),
-        timeout=dict(type="int", default=30),
         keep_newest=dict(type="int", default=DEFAULT_KEEP_NEWEST),
         min_age_days=dict(type="float", default=DEFAULT_MIN_AGE_DAYS),
         protected_tags=dict(type="list", elements="str", default=list(DEFAULT_PROTECTED_TAGS)),
