@@ -15,6 +15,8 @@ attributes:
       - The module only reads, so it does exactly the same work in check mode and reports the same result.
   diff_mode:
     support: none
+  platform:
+    platforms: posix
   idempotent:
     description:
       - When run twice in a row with the same arguments, the second run reports no change.

@@ -21,12 +21,6 @@ extends_documentation_fragment:
   - selfhosted.registry.registry_connection
   - ansible.builtin.action_common_attributes
   - selfhosted.registry.attributes.read_only
-attributes:
-  platform:
-    platforms: posix
-  idempotent:
-    description:
-      - Whether running the module twice on the same state gives the same result without changing anything.
 options:
   images:
     description:

@@ -25,12 +25,6 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - selfhosted.registry.attributes.read_only
-attributes:
-  platform:
-    platforms: posix
-  idempotent:
-    description:
-      - Whether running the module twice on the same state gives the same result without changing anything.
 options:
   storage_root:
     description:
