@@ -697,13 +697,20 @@ def _describe_mode(mode: int) -> str:
     return "is a device or special file where a file is expected"
 
 
-def _directory_problem(path: str) -> str:
+def _lstat_mode(path: str) -> t.Tuple[t.Optional[int], str]:
+    """The path's mode without following links, or None and why it could not be read."""
     try:
-        mode = os.lstat(path).st_mode
+        return os.lstat(path).st_mode, ""
     except (FileNotFoundError, NotADirectoryError):
-        return "absent"
+        return None, "absent"
     except OSError as error:
-        return f"cannot be examined ({error.strerror})"
+        return None, f"cannot be examined ({error.strerror})"
+
+
+def _directory_problem(path: str) -> str:
+    mode, problem = _lstat_mode(path)
+    if mode is None:
+        return problem
     if stat.S_ISDIR(mode):
         return ""
     if stat.S_ISLNK(mode):
@@ -712,15 +719,10 @@ def _directory_problem(path: str) -> str:
 
 
 def _file_state(path: str) -> str:
-    try:
-        mode = os.lstat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        return "absent"
-    except OSError as error:
-        return f"cannot be examined ({error.strerror})"
-    if stat.S_ISREG(mode):
-        return "present"
-    return _describe_mode(mode)
+    mode, problem = _lstat_mode(path)
+    if mode is None:
+        return problem
+    return "present" if stat.S_ISREG(mode) else _describe_mode(mode)
 
 
 def _link_problem(text: str) -> str:
