@@ -398,12 +398,25 @@ class ImagePusher:
             "history": [{"created": CREATED, "created_by": f"test layer {i}"} for i in range(len(layers))],
         }
         config_bytes = _canonical(config)
-        config_digest = self.push_blob(repository, config_bytes)
+        self.push_blob(repository, config_bytes)
         layer_digests = [self.push_blob(repository, layer) for layer in layers]
         descriptors = [
             {"mediaType": FORMATS[fmt]["layer"], "digest": d, "size": len(layer)}
             for d, layer in zip(layer_digests, layers)
         ]
+        return self._put_image(repository, tag, fmt, platform, config_bytes, descriptors, list(layers))
+
+    def _put_image(
+        self,
+        repository: str,
+        tag: str | None,
+        fmt: str,
+        platform: str,
+        config_bytes: bytes,
+        descriptors: list[dict[str, t.Any]],
+        layers: list[bytes],
+    ) -> PushedImage:
+        """Put the image manifest over an uploaded config and the given layer descriptors."""
         manifest_bytes = self._image_manifest(fmt, config_bytes, descriptors)
         digest = sha256_digest(manifest_bytes)
         self.put_manifest(repository, tag or digest, manifest_bytes, FORMATS[fmt]["manifest"])
@@ -411,13 +424,13 @@ class ImagePusher:
             repository=repository,
             digest=digest,
             media_type=FORMATS[fmt]["manifest"],
-            config_digest=config_digest,
-            layer_digests=layer_digests,
+            config_digest=sha256_digest(config_bytes),
+            layer_digests=[descriptor["digest"] for descriptor in descriptors],
             platform=platform,
             size=len(manifest_bytes),
             manifest_bytes=manifest_bytes,
             tag=tag,
-            layers=list(layers),
+            layers=layers,
         )
 
     def push_attestation(self, repository: str, subject: PushedImage, *, seed: str = "") -> PushedImage:
@@ -556,7 +569,7 @@ class ImagePusher:
             "rootfs": {"type": "layers", "diff_ids": [_diff_id(foreign_layer), _diff_id(own_layer)]},
         }
         config_bytes = _canonical(config)
-        config_digest = self.push_blob(repository, config_bytes)
+        self.push_blob(repository, config_bytes)
         own_digest = self.push_blob(repository, own_layer)
         foreign_digest = sha256_digest(foreign_layer)
         foreign_type = OCI_FOREIGN_LAYER if fmt == "oci" else DOCKER_FOREIGN_LAYER
@@ -564,22 +577,9 @@ class ImagePusher:
             {"mediaType": foreign_type, "digest": foreign_digest, "size": len(foreign_layer), "urls": [foreign_url]},
             {"mediaType": FORMATS[fmt]["layer"], "digest": own_digest, "size": len(own_layer)},
         ]
-        manifest_bytes = self._image_manifest(fmt, config_bytes, descriptors)
-        digest = sha256_digest(manifest_bytes)
-        self.put_manifest(repository, tag or digest, manifest_bytes, FORMATS[fmt]["manifest"])
-        return PushedImage(
-            repository=repository,
-            digest=digest,
-            media_type=FORMATS[fmt]["manifest"],
-            config_digest=config_digest,
-            layer_digests=[foreign_digest, own_digest],
-            platform=platform,
-            size=len(manifest_bytes),
-            manifest_bytes=manifest_bytes,
-            tag=tag,
-            layers=[foreign_layer, own_layer],
-            foreign_layer_digests=[foreign_digest],
-        )
+        image = self._put_image(repository, tag, fmt, platform, config_bytes, descriptors, [foreign_layer, own_layer])
+        image.foreign_layer_digests = [foreign_digest]
+        return image
 
     def push_many(
         self,
