@@ -89,6 +89,13 @@ class Child(t.NamedTuple):
     kind: str  # "image", "attestation" or "index"
 
 
+# What a run concluded about an image. "unverified" means the registry, the network or the credentials
+# failed before the image's objects could be proven present or missing: a probe error, never damage.
+OUTCOME_OK = "ok"
+OUTCOME_BROKEN = "broken"
+OUTCOME_UNVERIFIED = "unverified"
+
+
 class ImageResult(t.NamedTuple):
     reference: str
     repository: str
@@ -96,7 +103,17 @@ class ImageResult(t.NamedTuple):
     digest: t.Optional[str]
     media_type: t.Optional[str]
     ok: bool
+    outcome: str  # OUTCOME_OK, OUTCOME_BROKEN (wins over unverified) or OUTCOME_UNVERIFIED
     children: t.List[Child]
+
+
+class RepositoryError(t.NamedTuple):
+    """A repository of the catalog whose tag list could not be read: its images were not verified."""
+
+    repository: str
+    status: t.Optional[int]
+    error_code: t.Optional[str]
+    message: str
 
 
 class BrokenObject(t.NamedTuple):
@@ -112,18 +129,23 @@ class BrokenObject(t.NamedTuple):
 class WalkSummary(t.NamedTuple):
     images: int
     broken_images: int
+    unverified_images: int
+    repository_errors: int
     manifests: int
     blobs: int
     requests: int
     broken_objects: int
+    unverified_objects: int
     foreign_layers: int
 
 
 class WalkResult(t.NamedTuple):
-    ok: bool
+    ok: bool  # every image verified and nothing broken
     summary: WalkSummary
     images: t.List[ImageResult]
     broken: t.List[BrokenObject]
+    unverified: t.List[BrokenObject]  # objects the registry did not answer for (same shape as broken)
+    repository_errors: t.List[RepositoryError]
 
 
 class _Edge(t.NamedTuple):
@@ -363,12 +385,18 @@ class ManifestWalker:
             self._wait_idle()
         finally:
             self._stop()
-        return self._result(images)
+        return self._result(images, [])
 
     def verify_catalog(self, repository_patterns: t.Optional[t.Sequence[str]] = None) -> WalkResult:
-        """Verify every tag of every repository (optionally only repositories matching fnmatch patterns)."""
+        """Verify every tag of every repository (optionally only repositories matching fnmatch patterns).
+
+        Raises WalkError when the registry or its catalog cannot be read. A repository whose tag list
+        cannot be read is reported in ``repository_errors`` and the others are verified all the same:
+        one bad repository must not blind the probe to the rest.
+        """
         self._start()
         images: t.List[ImageReference] = []
+        errors: t.List[RepositoryError] = []
         try:
             try:
                 repositories = self.client.list_repositories()
@@ -381,12 +409,11 @@ class ManifestWalker:
             # Tag lists come in parallel; each repository's tags are walked as soon as they arrive.
             pool = self._running_pool()
             listings = {name: pool.submit(self.client.list_tags, name) for name in sorted(set(repositories))}
-            errors = []
             for name, future in listings.items():
                 try:
                     tags = future.result()
                 except RegistryError as exc:
-                    errors.append(exc.message)
+                    errors.append(RepositoryError(name, exc.status, exc.error_code, exc.message))
                     continue
                 for tag in sorted(set(tags)):
                     image = ImageReference(name, tag, None)
@@ -395,10 +422,7 @@ class ManifestWalker:
             self._wait_idle()
         finally:
             self._stop()
-        if errors:
-            more = f" (and {len(errors) - 1} more tag lists failed)" if len(errors) > 1 else ""
-            raise WalkError(errors[0].rstrip(".") + more + ".")
-        return self._result(images)
+        return self._result(images, errors)
 
     def _start(self) -> None:
         try:
@@ -417,16 +441,16 @@ class ManifestWalker:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _result(self, images: t.Sequence[ImageReference]) -> WalkResult:
+    def _result(self, images: t.Sequence[ImageReference], repository_errors: t.List[RepositoryError]) -> WalkResult:
         results: t.List[ImageResult] = []
-        broken: t.List[BrokenObject] = []
-        broken_keys: t.Set[t.Tuple[str, str, str]] = set()
+        findings = _Findings()
         for image in images:
             reference = str(image)
             root_key = ("manifest", image.repository, image.reference)
             root = self._nodes[root_key]
-            image_broken = self._collect(reference, root_key, "manifest", [reference], broken, broken_keys,
-                                         frozenset())
+            outcomes = self._collect(reference, root_key, "manifest", [reference], findings, frozenset())
+            outcome = OUTCOME_BROKEN if OUTCOME_BROKEN in outcomes else (
+                OUTCOME_UNVERIFIED if OUTCOME_UNVERIFIED in outcomes else OUTCOME_OK)
             children = [edge.child for edge in root.edges if edge.child is not None]
             results.append(ImageResult(
                 reference=reference,
@@ -434,7 +458,8 @@ class ManifestWalker:
                 tag=image.tag,
                 digest=root.digest or image.digest,
                 media_type=root.media_type,
-                ok=not image_broken,
+                ok=outcome == OUTCOME_OK,
+                outcome=outcome,
                 children=children,
             ))
         manifests = sum(1 for key, node in self._unique_nodes() if key[0] == "manifest")
@@ -442,14 +467,24 @@ class ManifestWalker:
         foreign = sum(node.skipped_foreign for unused_key, node in self._unique_nodes())
         summary = WalkSummary(
             images=len(results),
-            broken_images=sum(1 for result in results if not result.ok),
+            broken_images=sum(1 for result in results if result.outcome == OUTCOME_BROKEN),
+            unverified_images=sum(1 for result in results if result.outcome == OUTCOME_UNVERIFIED),
+            repository_errors=len(repository_errors),
             manifests=manifests,
             blobs=blobs,
             requests=self.client.request_count,
-            broken_objects=len(broken_keys),
+            broken_objects=len(findings.broken_keys),
+            unverified_objects=len(findings.unverified_keys),
             foreign_layers=foreign,
         )
-        return WalkResult(ok=not broken, summary=summary, images=results, broken=broken)
+        return WalkResult(
+            ok=not (findings.broken or findings.unverified or repository_errors),
+            summary=summary,
+            images=results,
+            broken=findings.broken,
+            unverified=findings.unverified,
+            repository_errors=list(repository_errors),
+        )
 
     def _unique_nodes(self) -> t.Iterator[t.Tuple[t.Tuple[str, str, str], _Node]]:
         seen: t.Set[int] = set()
@@ -464,16 +499,17 @@ class ManifestWalker:
         key: t.Tuple[str, str, str],
         object_type: str,
         chain_prefix: t.List[str],
-        broken: t.List[BrokenObject],
-        broken_keys: t.Set[t.Tuple[str, str, str]],
+        findings: "_Findings",
         visiting: t.FrozenSet[t.Tuple[str, str, str]],
-    ) -> bool:
-        """Append every broken object under key with its chain from the tag; True when any is broken."""
+    ) -> t.Set[str]:
+        """File every problem under key with its chain from the tag; return the outcomes met (broken, unverified)."""
         node = self._nodes[key]
         digest = node.digest or (key[2] if is_digest(key[2]) else None)
         chain = chain_prefix + [digest] if digest else list(chain_prefix)
+        outcomes: t.Set[str] = set()
         if node.problem is not None:
-            broken.append(BrokenObject(
+            outcome = OUTCOME_UNVERIFIED if node.problem.says_nothing_about_the_object else OUTCOME_BROKEN
+            findings.add(outcome, (key[0], key[1], digest or key[2]), BrokenObject(
                 reference=reference,
                 chain=chain,
                 object_type=object_type,
@@ -482,13 +518,27 @@ class ManifestWalker:
                 error_code=node.problem.error_code,
                 message=f"{reference}: {node.problem.message}",
             ))
-            broken_keys.add((key[0], key[1], digest or key[2]))
-            if not node.edges:
-                return True
+            outcomes.add(outcome)
         if key in visiting:  # content addressing makes cycles impossible; garbage must not recurse forever
-            return False
-        any_broken = node.problem is not None
+            return outcomes
         for edge in node.edges:
-            if self._collect(reference, edge.key, edge.object_type, chain, broken, broken_keys, visiting | {key}):
-                any_broken = True
-        return any_broken
+            outcomes |= self._collect(reference, edge.key, edge.object_type, chain, findings, visiting | {key})
+        return outcomes
+
+
+class _Findings:
+    """Problems filed by outcome, with the unique objects behind them (one shared object counts once)."""
+
+    def __init__(self) -> None:
+        self.broken: t.List[BrokenObject] = []
+        self.unverified: t.List[BrokenObject] = []
+        self.broken_keys: t.Set[t.Tuple[str, str, str]] = set()
+        self.unverified_keys: t.Set[t.Tuple[str, str, str]] = set()
+
+    def add(self, outcome: str, key: t.Tuple[str, str, str], finding: BrokenObject) -> None:
+        if outcome == OUTCOME_BROKEN:
+            self.broken.append(finding)
+            self.broken_keys.add(key)
+        else:
+            self.unverified.append(finding)
+            self.unverified_keys.add(key)

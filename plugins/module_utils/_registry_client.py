@@ -43,6 +43,7 @@ MAX_LISTING_BYTES = 64 * 1024 * 1024
 CATALOG_PAGE_SIZE = 1000  # the registry's catalog.maxentries default; larger pages answer 400
 CATALOG_SCOPE = "registry:catalog:*"
 RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
+_UNVERIFIABLE_STATUSES = frozenset((401, 403, 407, 408, 429))
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 DEFAULT_TOKEN_LIFETIME = 60  # seconds, when the token service omits expires_in
 _TOKEN_MARGIN = 5  # renew this many seconds before expiry so a token never dies in flight
@@ -58,6 +59,18 @@ class RegistryError(Exception):
         self.message = message
         self.status = status
         self.error_code = error_code
+
+    @property
+    def says_nothing_about_the_object(self) -> bool:
+        """True when the failure is the registry's, the network's or the credentials', not the object's.
+
+        No answer at all, a rejected or refused credential, throttling, a server error after retries or a
+        redirect that was not followed tell nothing about whether the object is there: the object could
+        not be verified, which is a different verdict from broken. A 404, a body that does not hash to its
+        digest or content that is not a manifest is the object's own problem.
+        """
+        status = self.status
+        return status is None or status in _UNVERIFIABLE_STATUSES or status >= 500 or status in REDIRECT_STATUSES
 
 
 class Manifest(t.NamedTuple):
@@ -437,7 +450,7 @@ class RegistryClient:
 
         algorithm = reference.split(":", 1)[0] if ":" in reference else "sha256"
         if algorithm not in _SUPPORTED_DIGESTS:
-            raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}.")
+            raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}.", status=200)
         digest = compute_digest(body, algorithm)
         if ":" in reference and digest != reference:
             raise RegistryError(f"{what} has content whose digest is {digest}, not the one asked for.", 200)
@@ -451,6 +464,9 @@ class RegistryClient:
         except ValueError:
             kind = content_type or "no content type"
             raise RegistryError(f"{what} is not JSON ({kind}).", status=200) from None
+        except RecursionError:
+            # The registry stores any JSON it is given; nesting this deep is hostile, never a manifest.
+            raise RegistryError(f"{what} is JSON nested too deeply to be a manifest.", status=200) from None
         if not isinstance(document, dict):
             raise RegistryError(f"{what} is JSON but not a manifest object.", status=200)
         media_type = document.get("mediaType") or content_type
@@ -570,9 +586,8 @@ class RegistryClient:
                     )
                 chunks.append(chunk)
         except requests.RequestException as exc:
-            raise RegistryError(
-                f"{what} could not be read completely ({_short_reason(exc)}).", status=response.status_code
-            ) from None
+            # No status: a body cut short says nothing about the object, only about the connection.
+            raise RegistryError(f"{what} could not be read completely ({_short_reason(exc)}).") from None
         return b"".join(chunks)
 
     def _paginate(self, first_path: str, key: str, what: str, scope: str) -> t.List[str]:
@@ -598,7 +613,7 @@ class RegistryClient:
                 page = document.get(key) if isinstance(document, dict) else None
                 if page is None and not (isinstance(document, dict) and key in document):
                     raise ValueError
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise RegistryError(
                     f"The {what} of {self.host} answered something that is not a JSON {key} list.", 200
                 ) from None

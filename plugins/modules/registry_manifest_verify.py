@@ -16,7 +16,14 @@ description:
   - Every manifest body is hashed and compared with the digest asked for and the C(Docker-Content-Digest)
     header.
   - Verifies one image, a list of images, or every tag of every repository (O(catalog=true)).
-  - Fails when anything is broken unless O(fail_on_broken=false) or O(mirror=true).
+  - Keeps two verdicts apart. V(broken) means the registry answered and the object is missing or damaged
+    (404, a body that does not hash to its digest, content that is not a manifest). V(unverified) means the
+    registry did not answer for it (429 or 5xx after retries, a timeout, a refused connection, rejected
+    credentials): a probe error, never reported as damage.
+  - In catalog mode a repository whose tag list cannot be read is reported under RV(repository_errors) and
+    every other repository is still verified. A registry or catalog that cannot be read at all fails the
+    task with RV(verified=false).
+  - Fails when anything is broken or could not be verified unless O(fail_on_broken=false) or O(mirror=true).
 extends_documentation_fragment:
   - selfhosted.registry.registry_connection
   - ansible.builtin.action_common_attributes
@@ -74,7 +81,8 @@ options:
     default: 8
   fail_on_broken:
     description:
-      - Fail the task when any image is broken. With V(false) the result is only reported.
+      - Fail the task when any image is broken or could not be verified. With V(false) the result is only
+        reported. A registry that cannot be read at all always fails the task.
     type: bool
     default: true
   manifest_cache_path:
@@ -97,6 +105,9 @@ options:
       - Write Prometheus textfile metrics to this file, atomically. Name it C(*.prom) for node_exporter's
         textfile collector.
       - Written when the registry cannot be reached too, with C(registry_verify_up) set to 0.
+      - The metrics are gauges describing the last run; their table is in the C(registry_probe) role's README.
+        With O(report_path) also set, the time of the last run that read the registry and the count of
+        consecutive runs that could not are carried from one report to the next.
       - Written in check mode too.
     type: path
 notes:
@@ -142,17 +153,24 @@ EXAMPLES = r"""
 
 RETURN = r"""
 ok:
-  description: True when every object of every image verified.
+  description: True when every object of every image verified and nothing is broken.
   returned: always
   type: bool
   sample: false
+verified:
+  description: False when the registry or its catalog could not be read at all (nothing was verified).
+  returned: always
+  type: bool
+  sample: true
 changed:
   description: Always false; the module only reads.
   returned: always
   type: bool
   sample: false
 msg:
-  description: One line; when something is broken it names every broken object.
+  description: >-
+    One line; when something is broken it names every broken object, then the images that could not be
+    verified with the first reason for each.
   returned: always
   type: str
   sample: >-
@@ -171,6 +189,14 @@ summary:
       description: Images with at least one broken object.
       type: int
       sample: 1
+    unverified_images:
+      description: Images not broken but with an object the registry did not answer for.
+      type: int
+      sample: 0
+    repository_errors:
+      description: Catalog mode, repositories whose tag list could not be read.
+      type: int
+      sample: 0
     manifests:
       description: Unique manifests requested (a tag and its digest count once).
       type: int
@@ -187,6 +213,10 @@ summary:
       description: Unique broken objects (one shared by several images counts once).
       type: int
       sample: 4
+    unverified_objects:
+      description: Unique objects the registry did not answer for.
+      type: int
+      sample: 0
     foreign_layers:
       description: Foreign (non-distributable) layers skipped because the registry never holds them.
       type: int
@@ -221,6 +251,10 @@ images:
       description: True when every object of this image verified.
       type: bool
       sample: false
+    outcome:
+      description: C(ok), C(broken) (an object is missing or damaged; wins over the next) or C(unverified).
+      type: str
+      sample: broken
     children:
       description: The index children walked (empty for a single-platform image).
       type: list
@@ -282,6 +316,43 @@ broken:
       sample: >-
         infra-ci:latest: child manifest sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6
         answered 404 MANIFEST_UNKNOWN.
+unverified:
+  description: >-
+    Every object the registry did not answer for (throttled, timed out, refused, credentials rejected),
+    once per image that needs it; the same keys as RV(broken). These are not damage.
+  returned: success or when images are broken or unverified
+  type: list
+  elements: dict
+  sample:
+    - reference: infra-ci:latest
+      chain: [infra-ci:latest]
+      object_type: manifest
+      digest: null
+      status: 503
+      error_code: null
+      message: "infra-ci:latest: manifest answered HTTP 503."
+repository_errors:
+  description: Catalog mode, one entry per repository whose tag list could not be read; the rest were verified.
+  returned: success or when images are broken or unverified
+  type: list
+  elements: dict
+  contains:
+    repository:
+      description: Repository name as the catalog lists it.
+      type: str
+      sample: team/api
+    status:
+      description: HTTP status of the answer, or null when no answer came.
+      type: int
+      sample: 404
+    error_code:
+      description: The registry's error code, or null.
+      type: str
+      sample: NAME_UNKNOWN
+    message:
+      description: One sentence naming the repository and the cause.
+      type: str
+      sample: The tag list of team/api of registry.example:5000 answered 404 NAME_UNKNOWN.
 """
 
 import os
@@ -291,10 +362,18 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ..module_utils._image_reference import ImageReferenceError, parse_image_reference
-from ..module_utils._manifest_walk import ManifestCache, ManifestWalker, WalkError, WalkResult
+from ..module_utils._manifest_walk import ManifestCache, ManifestWalker, WalkError
 from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
 from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
 from ..module_utils._report_files import Metric, write_json_report, write_metrics
+from ..module_utils._verify_report import (
+    build_report,
+    carried_state,
+    read_previous_run,
+    result_message,
+    shape_result,
+    verify_metrics,
+)
 
 
 def _argument_spec() -> t.Dict[str, t.Any]:
@@ -313,54 +392,6 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         manifest_cache_path=dict(type="path"),
     )
     return spec
-
-
-def _shape(result: WalkResult) -> t.Dict[str, t.Any]:
-    return {
-        "ok": result.ok,
-        "summary": result.summary._asdict(),
-        "images": [
-            dict(image._asdict(), children=[child._asdict() for child in image.children]) for image in result.images
-        ],
-        "broken": [broken._asdict() for broken in result.broken],
-    }
-
-
-def _message(result: WalkResult) -> str:
-    summary = result.summary
-    if result.ok:
-        return f"All {summary.images} images verified ({summary.manifests} manifests, {summary.blobs} blobs)."
-    details = "; ".join(broken.message.rstrip(".") for broken in result.broken)
-    return f"{summary.broken_images} of {summary.images} images are broken: {details}."
-
-
-def _metrics(registry: str, started: float, shaped: t.Optional[t.Dict[str, t.Any]]) -> t.List[Metric]:
-    base = {"registry": registry}
-    metrics = [
-        Metric("registry_verify_up", "1 when the registry could be verified, 0 when it could not be used.",
-               "gauge", 1 if shaped else 0, base),
-        Metric("registry_verify_last_run_timestamp_seconds", "When the last verification finished.",
-               "gauge", time.time(), base),
-        Metric("registry_verify_duration_seconds", "How long the last verification took.",
-               "gauge", time.time() - started, base),
-    ]
-    if shaped:
-        summary = shaped["summary"]
-        metrics += [
-            Metric("registry_verify_images_total", "Images verified in the last run.", "gauge",
-                   summary["images"], base),
-            Metric("registry_verify_broken_images", "Images with a broken object.", "gauge",
-                   summary["broken_images"], base),
-            Metric("registry_verify_broken_objects", "Unique broken objects.", "gauge",
-                   summary["broken_objects"], base),
-            Metric("registry_verify_requests", "HTTP requests the last run sent.", "gauge", summary["requests"], base),
-        ]
-        for image in shaped["images"]:
-            if not image["ok"]:
-                labels = dict(base, repository=image["repository"], tag=image["tag"] or image["digest"] or "")
-                metrics.append(Metric("registry_verify_image_broken", "1 for each image that cannot be pulled.",
-                                      "gauge", 1, labels))
-    return metrics
 
 
 def _write_outputs(module: AnsibleModule, report: t.Dict[str, t.Any], metrics: t.List[Metric]) -> None:
@@ -427,26 +458,30 @@ def main() -> None:
         descend=not (params["mirror"] and params["catalog"]),
         cache=cache,
     )
+    previous = read_previous_run(params["report_path"])
     try:
         if params["catalog"]:
             result = walker.verify_catalog(params["repositories"])
         else:
             result = walker.verify(images)
     except WalkError as exc:
-        _write_outputs(module, {"registry": client.base_url, "ok": False, "error": str(exc)},
-                       _metrics(client.host, started, None))
-        module.fail_json(msg=str(exc), ok=False)
+        finished = time.time()
+        state = carried_state(previous, verified=False, finished=finished)
+        _write_outputs(module, build_report(client.base_url, None, state, finished, error=str(exc)),
+                       verify_metrics(client.host, started, finished, None, state))
+        module.fail_json(msg=str(exc), ok=False, verified=False)
         return
     finally:
         client.close()
 
-    shaped = _shape(result)
-    shaped["msg"] = _message(result)
-    report = dict(
-        shaped, registry=client.base_url, mirror=params["mirror"], blob_check=params["blob_check"],
-        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    )
-    _write_outputs(module, report, _metrics(client.host, started, shaped))
+    finished = time.time()
+    state = carried_state(previous, verified=True, finished=finished)
+    shaped = shape_result(result)
+    shaped["msg"] = result_message(result)
+    shaped["verified"] = True
+    report = build_report(client.base_url, shaped, state, finished, mirror=params["mirror"],
+                          blob_check=params["blob_check"])
+    _write_outputs(module, report, verify_metrics(client.host, started, finished, shaped, state))
 
     if not result.ok and params["fail_on_broken"] and not params["mirror"]:
         module.fail_json(changed=False, **shaped)

@@ -18,7 +18,14 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._manifest_walk
     WalkError,
 )
 from ansible_collections.selfhosted.registry.plugins.module_utils._registry_client import RegistryClient
-from tests.unit.plugins.module_utils.registry_fakes import FakeRegistry, Reply, digest_of, json_reply
+from tests.unit.plugins.module_utils.registry_fakes import (
+    OCI_MANIFEST,
+    FakeRegistry,
+    Reply,
+    digest_of,
+    json_reply,
+    manifest_reply,
+)
 
 AMD64 = {"platform": {"os": "linux", "architecture": "amd64"}}
 ARM64 = {"platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}
@@ -277,3 +284,60 @@ def test_a_tampered_cache_file_is_never_used(fake: FakeRegistry, tmp_path) -> No
     result = walk(fake, "app:v1", cache=cache)
     assert [(b.object_type, b.digest) for b in result.broken] == [("manifest", amd)]
     assert cache.get(amd) is None and cache.get("../../etc/passwd") is None
+
+
+def test_a_throttled_or_failing_registry_is_unverified_never_broken(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"layer"], tag="v1")
+    fake.add_image("app", [b"other"], tag="v2", seed="v2")
+    fake.add_image("gone", [b"x"], tag="v1")
+    del fake.manifests[("gone", "v1")]
+    layer = digest_of(b"layer")
+    fake.routes[f"/v2/app/blobs/{layer}"] = lambda seen: Reply(503, b"", {"Retry-After": "0"})
+    fake.routes["/v2/app/manifests/v2"] = lambda seen: json_reply(429, {"errors": [{"code": "TOOMANYREQUESTS"}]})
+    result = walk(fake, "app:v1", "app:v2", "gone:v1")
+    assert not result.ok
+    assert [(i.reference, i.outcome, i.ok) for i in result.images] == [
+        ("app:v1", "unverified", False), ("app:v2", "unverified", False), ("gone:v1", "broken", False)]
+    assert [(u.reference, u.status, u.digest) for u in result.unverified] == [
+        ("app:v1", 503, layer), ("app:v2", 429, None)]
+    assert [b.reference for b in result.broken] == ["gone:v1"]
+    assert (result.summary.broken_images, result.summary.unverified_images) == (1, 2)
+    assert (result.summary.broken_objects, result.summary.unverified_objects) == (1, 2)
+
+
+def test_broken_wins_over_unverified_within_one_image(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"gone", b"slow"], tag="v1")
+    fake.routes[f"/v2/app/blobs/{digest_of(b'slow')}"] = lambda seen: Reply(500)
+    del fake.blobs[("app", digest_of(b"gone"))]
+    result = walk(fake, "app:v1")
+    assert result.images[0].outcome == "broken"
+    assert [b.digest for b in result.broken] == [digest_of(b"gone")]
+    assert [u.digest for u in result.unverified] == [digest_of(b"slow")]
+
+
+def test_a_manifest_nested_too_deeply_is_broken_not_a_crash(fake: FakeRegistry) -> None:
+    body = b'{"schemaVersion": 2, "layers": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+    fake.routes["/v2/app/manifests/deep"] = lambda seen: manifest_reply(body, OCI_MANIFEST)
+    result = walk(fake, "app:deep")
+    assert [(b.message, b.digest) for b in result.broken] == [
+        ("app:deep: manifest is JSON nested too deeply to be a manifest.", None)]
+
+
+def test_catalog_mode_reports_an_unreadable_tag_list_and_verifies_the_rest(fake: FakeRegistry) -> None:
+    fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(200, {"repositories": ["a", "b", "c"]})
+    for repository in ("a", "c"):
+        fake.add_image(repository, [repository.encode()], tag="v1")
+        fake.routes[f"/v2/{repository}/tags/list"] = lambda seen, r=repository: json_reply(200, {"tags": ["v1"]})
+    fake.routes["/v2/b/tags/list"] = lambda seen: json_reply(404, {"errors": [{"code": "NAME_UNKNOWN"}]})
+    result = ManifestWalker(RegistryClient(fake.url)).verify_catalog()
+    assert [i.reference for i in result.images] == ["a:v1", "c:v1"]
+    assert all(i.ok for i in result.images) and not result.broken and not result.ok
+    assert [(e.repository, e.status, e.error_code) for e in result.repository_errors] == [("b", 404, "NAME_UNKNOWN")]
+    assert result.repository_errors[0].message == f"The tag list of b of 127.0.0.1:{fake.port} answered 404 NAME_UNKNOWN."
+    assert result.summary.repository_errors == 1
+
+
+def test_an_unreadable_catalog_stops_the_walk(fake: FakeRegistry) -> None:
+    fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(503, {"errors": [{"code": "UNAVAILABLE"}]})
+    with pytest.raises(WalkError, match="The catalog of 127.0.0.1:[0-9]+ answered 503 UNAVAILABLE."):
+        ManifestWalker(RegistryClient(fake.url, retries=0)).verify_catalog()

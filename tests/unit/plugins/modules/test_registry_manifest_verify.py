@@ -40,8 +40,9 @@ def test_healthy_images_pass(fake: FakeRegistry, capsys: pytest.CaptureFixture[s
     assert not result.get("failed")
     assert result["ok"] is True and result["changed"] is False
     # Blobs are per repository: "base" counts in infra-ci and in team/app. Requests: /v2/ + 4 + 8.
-    assert result["summary"] == {"images": 2, "broken_images": 0, "manifests": 4, "blobs": 8, "requests": 13,
-                                 "broken_objects": 0, "foreign_layers": 0}
+    assert result["summary"] == {"images": 2, "broken_images": 0, "unverified_images": 0, "repository_errors": 0,
+                                 "manifests": 4, "blobs": 8, "requests": 13, "broken_objects": 0,
+                                 "unverified_objects": 0, "foreign_layers": 0}
     assert result["images"][0]["media_type"] == OCI_INDEX
     assert [c["platform"] for c in result["images"][0]["children"]] == ["linux/amd64", "linux/arm64"]
     assert result["broken"] == []
@@ -92,7 +93,7 @@ def test_report_and_metrics_files(fake: FakeRegistry, capsys: pytest.CaptureFixt
     assert written["registry"] == fake.url
     text = metrics.read_text()
     host = f"127.0.0.1:{fake.port}"
-    assert f'registry_verify_images_total{{registry="{host}"}} 2\n' in text
+    assert f'registry_verify_images{{registry="{host}"}} 2\n' in text
     assert f'registry_verify_broken_images{{registry="{host}"}} 1\n' in text
     assert f'registry_verify_image_broken{{registry="{host}",repository="team/app",tag="v1"}} 1\n' in text
     assert f'registry_verify_up{{registry="{host}"}} 1\n' in text

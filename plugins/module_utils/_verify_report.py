@@ -1,0 +1,165 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a verification run tells its readers: the returned data, the one-line verdict, the JSON report
+and the Prometheus metrics. One implementation for the module and for the scheduled probe.
+
+No Ansible and no third-party imports. The metrics are documented in one table, in
+roles/registry_probe/README.md; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import typing as t
+
+from ._manifest_walk import OUTCOME_BROKEN, WalkResult
+from ._report_files import Metric
+
+# One series per broken image carries its repository and tag for the alert; beyond this many the
+# counts still say how many are broken, and the report names them all.
+MAX_BROKEN_IMAGE_SERIES = 100
+
+
+class PreviousRun(t.NamedTuple):
+    """What the last report said, carried into the next one so a failed run does not erase history."""
+
+    last_success_timestamp: float  # 0 when no run has verified the registry yet
+    failed_runs: int  # consecutive runs, before this one, that could not verify the registry
+
+
+NO_PREVIOUS_RUN = PreviousRun(0.0, 0)
+
+
+def read_previous_run(report_path: t.Optional[str]) -> PreviousRun:
+    """The carried state from an earlier report; anything unreadable counts as no earlier run."""
+    if not report_path:
+        return NO_PREVIOUS_RUN
+    try:
+        with open(report_path, encoding="utf-8") as handle:
+            report = json.load(handle)
+        last_success = float(report.get("last_success_timestamp") or 0)
+        failed_runs = int(report.get("failed_runs") or 0)
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError):
+        return NO_PREVIOUS_RUN
+    return PreviousRun(max(last_success, 0.0), max(failed_runs, 0))
+
+
+def shape_result(result: WalkResult) -> t.Dict[str, t.Any]:
+    """The walk's result as plain data (module return values and the JSON report)."""
+    return {
+        "ok": result.ok,
+        "summary": result.summary._asdict(),
+        "images": [
+            dict(image._asdict(), children=[child._asdict() for child in image.children]) for image in result.images
+        ],
+        "broken": [broken._asdict() for broken in result.broken],
+        "unverified": [unverified._asdict() for unverified in result.unverified],
+        "repository_errors": [error._asdict() for error in result.repository_errors],
+    }
+
+
+def _first_per_image(findings: t.Sequence[t.Any]) -> t.List[str]:
+    seen: t.Set[str] = set()
+    lines = []
+    for finding in findings:
+        if finding.reference not in seen:
+            seen.add(finding.reference)
+            lines.append(finding.message.rstrip("."))
+    return lines
+
+
+def result_message(result: WalkResult) -> str:
+    """One line: broken images first (damage), then what could not be verified (a probe error)."""
+    summary = result.summary
+    if result.ok:
+        return f"All {summary.images} images verified ({summary.manifests} manifests, {summary.blobs} blobs)."
+    parts = []
+    if result.broken:
+        details = "; ".join(broken.message.rstrip(".") for broken in result.broken)
+        parts.append(f"{summary.broken_images} of {summary.images} images are broken: {details}.")
+    if result.unverified or result.repository_errors:
+        reasons = _first_per_image(result.unverified) + [error.message.rstrip(".") for error in result.repository_errors]
+        counted = []
+        if summary.unverified_images:
+            counted.append(f"{summary.unverified_images} images")
+        if summary.repository_errors:
+            counted.append(f"{summary.repository_errors} repositories")
+        parts.append(f"Could not verify {' and '.join(counted)} (the registry did not answer for them,"
+                     f" which is not damage): {'; '.join(reasons)}.")
+    return " ".join(parts)
+
+
+def carried_state(previous: PreviousRun, verified: bool, finished: float) -> PreviousRun:
+    """The state the next run reads: a run that verified the registry resets the failure count."""
+    if verified:
+        return PreviousRun(finished, 0)
+    return PreviousRun(previous.last_success_timestamp, previous.failed_runs + 1)
+
+
+def build_report(
+    registry_url: str,
+    shaped: t.Optional[t.Dict[str, t.Any]],
+    state: PreviousRun,
+    finished: float,
+    error: t.Optional[str] = None,
+    **extra: t.Any,
+) -> t.Dict[str, t.Any]:
+    """The JSON report: the result (or the error that stopped the run) and the carried state."""
+    report: t.Dict[str, t.Any] = dict(shaped or {"ok": False})
+    report.update(
+        extra,
+        registry=registry_url,
+        verified=shaped is not None,
+        finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+        last_success_timestamp=state.last_success_timestamp,
+        failed_runs=state.failed_runs,
+    )
+    if error is not None:
+        report["error"] = error
+    return report
+
+
+def verify_metrics(
+    registry: str,
+    started: float,
+    finished: float,
+    shaped: t.Optional[t.Dict[str, t.Any]],
+    state: PreviousRun,
+    interval_seconds: t.Optional[int] = None,
+) -> t.List[Metric]:
+    """Gauges only (each describes the last run), labelled by registry; per-image series only when broken."""
+    base = {"registry": registry}
+    metrics = [
+        Metric("registry_verify_up", "1 when the last run could read the registry and its catalog, 0 when not.",
+               "gauge", 1 if shaped else 0, base),
+        Metric("registry_verify_last_run_timestamp_seconds", "When the last run finished.", "gauge", finished, base),
+        Metric("registry_verify_last_success_timestamp_seconds",
+               "When a run last read the registry and its catalog (0: never).", "gauge",
+               state.last_success_timestamp, base),
+        Metric("registry_verify_failed_runs", "Consecutive runs that could not read the registry (0 after one that could).",
+               "gauge", state.failed_runs, base),
+        Metric("registry_verify_duration_seconds", "How long the last run took.", "gauge", finished - started, base),
+    ]
+    if interval_seconds:
+        metrics.append(Metric("registry_verify_interval_seconds", "How often the probe is scheduled to run.",
+                              "gauge", interval_seconds, base))
+    if not shaped:
+        return metrics
+    summary = shaped["summary"]
+    for name, key, text in (
+        ("registry_verify_images", "images", "Images (tags) the last run walked."),
+        ("registry_verify_broken_images", "broken_images", "Images with a missing or damaged object."),
+        ("registry_verify_unverified_images", "unverified_images",
+         "Images the registry did not answer for (throttled, timed out, refused): not verified, not broken."),
+        ("registry_verify_repository_errors", "repository_errors", "Repositories whose tag list could not be read."),
+        ("registry_verify_broken_objects", "broken_objects", "Unique missing or damaged objects."),
+        ("registry_verify_requests", "requests", "HTTP requests the last run sent."),
+    ):
+        metrics.append(Metric(name, text, "gauge", summary[key], base))
+    broken_images = [image for image in shaped["images"] if image["outcome"] == OUTCOME_BROKEN]
+    for image in broken_images[:MAX_BROKEN_IMAGE_SERIES]:
+        labels = dict(base, repository=image["repository"], tag=image["tag"] or image["digest"] or "")
+        metrics.append(Metric("registry_verify_image_broken", "1 for each image that cannot be pulled.",
+                              "gauge", 1, labels))
+    return metrics
