@@ -13,7 +13,9 @@ import json
 import time
 import typing as t
 
-from ._manifest_walk import OUTCOME_BROKEN, WalkResult
+from ._image_reference import ImageReference
+from ._manifest_walk import OUTCOME_BROKEN, ManifestWalker, WalkError, WalkResult
+from ._registry_client import RegistryClient
 from ._report_files import Metric
 
 # One series per broken image carries its repository and tag for the alert; beyond this many the
@@ -24,8 +26,8 @@ MAX_BROKEN_IMAGE_SERIES = 100
 class PreviousRun(t.NamedTuple):
     """What the last report said, carried into the next one so a failed run does not erase history."""
 
-    last_success_timestamp: float  # 0 when no run has verified the registry yet
-    failed_runs: int  # consecutive runs, before this one, that could not verify the registry
+    last_success_timestamp: float  # when a run last read the registry and its catalog; 0: never
+    failed_runs: int  # consecutive runs that could not verify everything (a verdict on every image)
 
 
 NO_PREVIOUS_RUN = PreviousRun(0.0, 0)
@@ -90,11 +92,18 @@ def result_message(result: WalkResult) -> str:
     return " ".join(parts)
 
 
-def carried_state(previous: PreviousRun, verified: bool, finished: float) -> PreviousRun:
-    """The state the next run reads: a run that verified the registry resets the failure count."""
-    if verified:
-        return PreviousRun(finished, 0)
-    return PreviousRun(previous.last_success_timestamp, previous.failed_runs + 1)
+def carried_state(previous: PreviousRun, result: t.Optional[WalkResult], finished: float) -> PreviousRun:
+    """The state the next run reads.
+
+    A run that read the catalog is a success (it ran), whatever it found broken. The failure count
+    resets only when every image got a verdict: a catalog, a tag list or objects the registry did not
+    answer for leave images unverified, and an alert on two such runs in a row is what tells a
+    throttled or half-down registry from a registry restarted once by its weekly garbage collection.
+    """
+    if result is None:
+        return PreviousRun(previous.last_success_timestamp, previous.failed_runs + 1)
+    complete = not (result.unverified or result.repository_errors)
+    return PreviousRun(finished, 0 if complete else previous.failed_runs + 1)
 
 
 def build_report(
@@ -137,7 +146,8 @@ def verify_metrics(
         Metric("registry_verify_last_success_timestamp_seconds",
                "When a run last read the registry and its catalog (0: never).", "gauge",
                state.last_success_timestamp, base),
-        Metric("registry_verify_failed_runs", "Consecutive runs that could not read the registry (0 after one that could).",
+        Metric("registry_verify_failed_runs",
+               "Consecutive runs that left images unverified (registry, catalog, a tag list or objects did not answer).",
                "gauge", state.failed_runs, base),
         Metric("registry_verify_duration_seconds", "How long the last run took.", "gauge", finished - started, base),
     ]
@@ -163,3 +173,46 @@ def verify_metrics(
         metrics.append(Metric("registry_verify_image_broken", "1 for each image that cannot be pulled.",
                               "gauge", 1, labels))
     return metrics
+
+
+class VerifyRun(t.NamedTuple):
+    """One run and everything its readers get: result (None when the registry could not be read at all)."""
+
+    result: t.Optional[WalkResult]
+    error: t.Optional[str]
+    shaped: t.Optional[t.Dict[str, t.Any]]
+    report: t.Dict[str, t.Any]
+    metrics: t.List[Metric]
+
+
+def run_verification(
+    client: RegistryClient,
+    walker: ManifestWalker,
+    images: t.Optional[t.Sequence[ImageReference]] = None,
+    repositories: t.Optional[t.Sequence[str]] = None,
+    previous: PreviousRun = NO_PREVIOUS_RUN,
+    interval_seconds: t.Optional[int] = None,
+    **report_extra: t.Any,
+) -> VerifyRun:
+    """Verify ``images``, or the whole catalog when none are given, and build the report and metrics."""
+    started = time.time()
+    try:
+        result = walker.verify(images) if images else walker.verify_catalog(repositories)
+    except WalkError as exc:
+        finished = time.time()
+        state = carried_state(previous, None, finished)
+        return VerifyRun(
+            None, str(exc), None,
+            build_report(client.base_url, None, state, finished, error=str(exc), **report_extra),
+            verify_metrics(client.host, started, finished, None, state, interval_seconds),
+        )
+    finished = time.time()
+    state = carried_state(previous, result, finished)
+    shaped = shape_result(result)
+    shaped["msg"] = result_message(result)
+    shaped["verified"] = True
+    return VerifyRun(
+        result, None, shaped,
+        build_report(client.base_url, shaped, state, finished, **report_extra),
+        verify_metrics(client.host, started, finished, shaped, state, interval_seconds),
+    )

@@ -356,7 +356,6 @@ repository_errors:
 """
 
 import os
-import time
 import typing as t
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
@@ -366,14 +365,7 @@ from ..module_utils._manifest_walk import ManifestCache, ManifestWalker, WalkErr
 from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
 from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
 from ..module_utils._report_files import Metric, write_json_report, write_metrics
-from ..module_utils._verify_report import (
-    build_report,
-    carried_state,
-    read_previous_run,
-    result_message,
-    shape_result,
-    verify_metrics,
-)
+from ..module_utils._verify_report import read_previous_run, run_verification
 
 
 def _argument_spec() -> t.Dict[str, t.Any]:
@@ -437,7 +429,6 @@ def main() -> None:
             module.fail_json(msg=f"manifest_cache_path {params['manifest_cache_path']} is not writable.")
         cache = ManifestCache(params["manifest_cache_path"])
 
-    started = time.time()
     try:
         client = build_registry_client(params, pool_size=params["concurrency"])
     except RegistryError as exc:
@@ -458,34 +449,20 @@ def main() -> None:
         descend=not (params["mirror"] and params["catalog"]),
         cache=cache,
     )
-    previous = read_previous_run(params["report_path"])
     try:
-        if params["catalog"]:
-            result = walker.verify_catalog(params["repositories"])
-        else:
-            result = walker.verify(images)
-    except WalkError as exc:
-        finished = time.time()
-        state = carried_state(previous, verified=False, finished=finished)
-        _write_outputs(module, build_report(client.base_url, None, state, finished, error=str(exc)),
-                       verify_metrics(client.host, started, finished, None, state))
-        module.fail_json(msg=str(exc), ok=False, verified=False)
-        return
+        run = run_verification(
+            client, walker, images=images, repositories=params["repositories"],
+            previous=read_previous_run(params["report_path"]), mirror=params["mirror"],
+            blob_check=params["blob_check"],
+        )
     finally:
         client.close()
-
-    finished = time.time()
-    state = carried_state(previous, verified=True, finished=finished)
-    shaped = shape_result(result)
-    shaped["msg"] = result_message(result)
-    shaped["verified"] = True
-    report = build_report(client.base_url, shaped, state, finished, mirror=params["mirror"],
-                          blob_check=params["blob_check"])
-    _write_outputs(module, report, verify_metrics(client.host, started, finished, shaped, state))
-
-    if not result.ok and params["fail_on_broken"] and not params["mirror"]:
-        module.fail_json(changed=False, **shaped)
-    module.exit_json(changed=False, **shaped)
+    _write_outputs(module, run.report, run.metrics)
+    if run.result is None:
+        module.fail_json(msg=run.error, ok=False, verified=False)
+    if not run.result.ok and params["fail_on_broken"] and not params["mirror"]:
+        module.fail_json(changed=False, **run.shaped)
+    module.exit_json(changed=False, **run.shaped)
 
 
 if __name__ == "__main__":
