@@ -233,7 +233,7 @@ def test_verify_catalog_finds_the_broken_tag_among_healthy_ones_and_writes_repor
     assert f"infra-ci:latest: child manifest {incident.missing_manifests[0]}" in run.stdout or any(
         f"infra-ci:latest: child manifest {d}" in run.stdout for d in incident.missing_manifests
     ), run.explain()
-    assert "1 image(s) broken: infra-ci:latest." in run.stdout
+    assert "1 image(s) broken: infra-ci:latest: child manifest sha256:" in run.stdout, run.explain()
     document = json.loads(report.read_text(encoding="utf-8"))
     broken = {entry["reference"] for entry in document["broken"]}
     assert broken == {"infra-ci:latest"}
