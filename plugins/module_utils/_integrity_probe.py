@@ -121,6 +121,10 @@ def take_lock(path: str) -> t.Optional[int]:
     return descriptor
 
 
+def _say(line: str, stream: t.TextIO = sys.stdout) -> None:
+    stream.write(line + "\n")
+
+
 def summary_lines(run: VerifyRun) -> t.List[str]:
     """Greppable lines: one per broken or unverified image (its first finding), then one SUMMARY line."""
     if run.result is None:
@@ -156,7 +160,7 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
     username, password = read_credentials(options.credentials_file, environ)
     lock = take_lock(options.lock_file)
     if lock is None:
-        print(f"BUSY another probe run holds {options.lock_file}; this run did nothing.")
+        _say(f"BUSY another probe run holds {options.lock_file}; this run did nothing.")
         return EXIT_BUSY
     try:
         try:
@@ -191,7 +195,7 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
     finally:
         os.close(lock)
     for line in summary_lines(run):
-        print(line)
+        _say(line)
     return exit_status(run)
 
 
@@ -200,9 +204,9 @@ def main(argv: t.Optional[t.Sequence[str]] = None, environ: t.Optional[t.Mapping
     try:
         return probe(options, os.environ if environ is None else environ)
     except ProbeError as exc:
-        print(f"ERROR registry-probe: {exc}", file=sys.stderr)
+        _say(f"ERROR registry-probe: {exc}", sys.stderr)
         return EXIT_UNVERIFIED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -19,7 +19,7 @@ description:
   - Keeps two verdicts apart. V(broken) means the registry answered and the object is missing or damaged
     (404, a body that does not hash to its digest, content that is not a manifest). V(unverified) means the
     registry did not answer for it (429 or 5xx after retries, a timeout, a refused connection, rejected
-    credentials): a probe error, never reported as damage.
+    credentials), which is a probe error, never reported as damage.
   - In catalog mode a repository whose tag list cannot be read is reported under RV(repository_errors) and
     every other repository is still verified. A registry or catalog that cannot be read at all fails the
     task with RV(verified=false).
@@ -361,7 +361,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ..module_utils._image_reference import ImageReferenceError, parse_image_reference
-from ..module_utils._manifest_walk import ManifestCache, ManifestWalker, WalkError
+from ..module_utils._manifest_walk import ManifestCache, ManifestWalker
 from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
 from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
 from ..module_utils._report_files import Metric, write_json_report, write_metrics

@@ -1,0 +1,99 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a run tells its readers: the carried state, the metrics' bounds, the message's two verdicts."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+
+from ansible_collections.selfhosted.registry.plugins.module_utils._manifest_walk import (
+    BrokenObject,
+    ImageResult,
+    RepositoryError,
+    WalkResult,
+    WalkSummary,
+)
+from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import render_metrics
+from ansible_collections.selfhosted.registry.plugins.module_utils._verify_report import (
+    MAX_BROKEN_IMAGE_SERIES,
+    NO_PREVIOUS_RUN,
+    PreviousRun,
+    carried_state,
+    read_previous_run,
+    result_message,
+    shape_result,
+    verify_metrics,
+)
+
+
+def image(reference: str, outcome: str) -> ImageResult:
+    repository, tag = reference.split(":")
+    return ImageResult(reference, repository, tag, None, None, outcome == "ok", outcome, [])
+
+
+def finding(reference: str, status: int, message: str) -> BrokenObject:
+    return BrokenObject(reference, [reference], "manifest", None, status, None, f"{reference}: {message}")
+
+
+def result(images: list[ImageResult], broken: list[BrokenObject] = (), unverified: list[BrokenObject] = (),
+           repository_errors: list[RepositoryError] = ()) -> WalkResult:
+    summary = WalkSummary(
+        images=len(images), broken_images=sum(i.outcome == "broken" for i in images),
+        unverified_images=sum(i.outcome == "unverified" for i in images), repository_errors=len(repository_errors),
+        manifests=len(images), blobs=0, requests=len(images), broken_objects=len(broken),
+        unverified_objects=len(unverified), foreign_layers=0)
+    return WalkResult(not (broken or unverified or repository_errors), summary, images, list(broken),
+                      list(unverified), list(repository_errors))
+
+
+def test_a_run_that_reads_the_catalog_is_a_success_and_only_a_complete_one_resets_the_failures() -> None:
+    previous = PreviousRun(100.0, 3)
+    assert carried_state(previous, None, 200.0) == PreviousRun(100.0, 4)
+    assert carried_state(previous, result([image("a:1", "broken")], [finding("a:1", 404, "gone")]), 200.0) == (
+        PreviousRun(200.0, 0))
+    unverified = result([image("a:1", "unverified")], unverified=[finding("a:1", 503, "answered HTTP 503.")])
+    assert carried_state(previous, unverified, 200.0) == PreviousRun(200.0, 4)
+
+
+def test_an_unreadable_previous_report_counts_as_no_previous_run(tmp_path: pathlib.Path) -> None:
+    report = tmp_path / "probe.json"
+    assert read_previous_run(str(report)) == NO_PREVIOUS_RUN
+    for text in ("{", "[]", '{"last_success_timestamp": "soon"}', "[" * 100000):
+        report.write_text(text)
+        assert read_previous_run(str(report)) == NO_PREVIOUS_RUN
+    report.write_text('{"last_success_timestamp": 1700000000.5, "failed_runs": 2}')
+    assert read_previous_run(str(report)) == PreviousRun(1700000000.5, 2)
+
+
+def test_the_message_keeps_broken_and_unverified_apart() -> None:
+    walked = result(
+        [image("a:1", "broken"), image("b:1", "unverified")],
+        broken=[finding("a:1", 404, "child manifest sha256:aa answered 404 MANIFEST_UNKNOWN.")],
+        unverified=[finding("b:1", 429, "manifest answered 429 TOOMANYREQUESTS.")],
+        repository_errors=[RepositoryError("c", 404, "NAME_UNKNOWN", "The tag list of c of r:5000 answered 404.")])
+    assert result_message(walked) == (
+        "1 of 2 images are broken: a:1: child manifest sha256:aa answered 404 MANIFEST_UNKNOWN. "
+        "Could not verify 1 images and 1 repositories (the registry did not answer for them, which is not damage):"
+        " b:1: manifest answered 429 TOOMANYREQUESTS; The tag list of c of r:5000 answered 404.")
+
+
+def test_metrics_pass_promtool_and_bound_the_per_image_series(tmp_path: pathlib.Path) -> None:
+    many = [image(f"app:{n}", "broken") for n in range(MAX_BROKEN_IMAGE_SERIES + 20)]
+    walked = result(many, broken=[finding(i.reference, 404, "gone.") for i in many])
+    metrics = verify_metrics("r:5000", 10.0, 12.5, shape_result(walked), PreviousRun(12.5, 0), 900)
+    text = render_metrics(metrics)
+    assert text.count("registry_verify_image_broken{") == MAX_BROKEN_IMAGE_SERIES
+    assert f'registry_verify_broken_images{{registry="r:5000"}} {MAX_BROKEN_IMAGE_SERIES + 20}' in text
+    assert "_total" not in text
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+    assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), checked.stdout + checked.stderr
+
+
+def test_a_run_that_read_nothing_exports_no_counts() -> None:
+    text = render_metrics(verify_metrics("r:5000", 10.0, 11.0, None, PreviousRun(5.0, 1)))
+    names = {line.split("{")[0] for line in text.splitlines() if not line.startswith("#")}
+    assert names == {"registry_verify_up", "registry_verify_last_run_timestamp_seconds",
+                     "registry_verify_last_success_timestamp_seconds", "registry_verify_failed_runs",
+                     "registry_verify_duration_seconds"}
+    assert 'registry_verify_up{registry="r:5000"} 0' in text
