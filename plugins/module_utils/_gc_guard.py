@@ -228,6 +228,10 @@ def _last_error_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+class UnreadableStorage(Exception):
+    """Storage the guard could not read completely: the collector may see (and delete) what the guard did not."""
+
+
 def find_blockers(
     reader: StorageReader,
     eligible_manifests: t.Iterable[t.Tuple[str, str]],
@@ -237,6 +241,9 @@ def find_blockers(
 
     Reachability follows manifest content, not revision links: a child whose revision link is
     already gone still needs its layers, and its data is how it could be restored.
+    Fails closed: a repository, ``_manifests`` or tag path that is a symlink or cannot be read, or a
+    manifest reached from a tag that cannot be read, raises UnreadableStorage. The registry's own
+    collector follows symlinks the guard will not, so anything unread could hide a blocker.
     """
     manifests = set(eligible_manifests)
     blobs = set(eligible_blobs)
@@ -253,8 +260,14 @@ def find_blockers(
             entry[0].add(tag)
 
     problems: t.List[t.Tuple[str, str]] = []
+    unreadable: t.List[str] = []
     for repository, directory in reader.iter_repositories(problems):
         current, _history = reader.read_tags(directory, problems)
+        for part in (("_manifests", "revisions"), ("_layers",)):
+            path = os.path.join(directory, *part)
+            problem = reader.directory_problem(path)
+            if problem and problem != "absent":
+                problems.append((path, problem))
         for tag, (root, _link) in current.items():
             seen: t.Set[str] = set()
             stack = [(root, "tagged manifest")]
@@ -269,12 +282,20 @@ def find_blockers(
                     note("blob", repository, digest, tag, role)
                 outcome = reader.read_manifest(digest)
                 if outcome.info is None:
+                    if not outcome.absent:
+                        unreadable.append(
+                            f"manifest {digest} ({role} of {repository}:{tag}) cannot be read: {outcome.problem}"
+                        )
                     continue
                 for child, _child_type in outcome.info.children:
                     stack.append((child, "child manifest"))
                 for blob, _blob_type, _foreign in outcome.info.blobs:
                     if blob in blobs:
                         note("blob", repository, blob, tag, "config or layer")
+    unreadable = [f"{reader.relative(path)} {reason}" for path, reason in problems] + unreadable
+    if unreadable:
+        more = f" (and {len(unreadable) - 1} more problems)" if len(unreadable) > 1 else ""
+        raise UnreadableStorage(f"{unreadable[0]}{more}")
     return [
         Blocker(kind, repository, digest, tuple(sorted(tags)), role)
         for (kind, repository, digest), (tags, role) in sorted(found.items())
@@ -465,6 +486,13 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
         outcome.blockers = find_blockers(reader, parsed.eligible_manifests, parsed.eligible_blobs)
     except ScanError as error:
         _fail(outcome, "storage", str(error))
+        return
+    except UnreadableStorage as error:
+        _fail(
+            outcome,
+            "unreadable_storage",
+            f"refused to collect: the guard cannot read all of the storage the collector walks: {error}",
+        )
         return
     if outcome.blockers:
         first = outcome.blockers[0]

@@ -102,6 +102,9 @@ notes:
     revision link is gone (a dangling tag) therefore still blocks a plain collection that would sweep its
     manifest, config and layers, because those are what re-linking the revision needs.
   - Tag history (C(_manifests/tags/<tag>/index)) does not protect anything, as in the registry itself.
+  - Fails closed. The registry's collector follows symbolic links that the guard never follows, so anything the
+    guard cannot read could hide a blocker. When the guard cannot read a repository, C(_manifests) or tag path, or a
+    manifest that a tag reaches, it refuses the collection with RV(failure_kind=unreadable_storage).
 seealso:
   - module: selfhosted.registry.registry_orphan_scan
 """
@@ -140,7 +143,9 @@ message:
 failure_kind:
   description: >-
     Why it failed: C(configuration), C(missing_tags_directory), C(damaged_storage), C(storage_mismatch),
-    C(hook), C(command), C(unknown); empty when it did not fail.
+    C(unreadable_storage) (a repository, C(_manifests) or tag path that is a symbolic link or cannot be read, or a
+    manifest reached from a tag that cannot be read: the collection is refused), C(hook), C(command), C(unknown);
+    empty when it did not fail.
   returned: always
   type: str
   sample: ""

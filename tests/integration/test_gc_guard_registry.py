@@ -213,3 +213,40 @@ def test_installed_command_line_refuses_then_collects(registry, pusher, tmp_path
     broken = run("--config", str(tmp_path / "missing.yml"))
     assert broken.returncode == 2
     assert broken.stderr.startswith("ERROR the dry run failed: the garbage collector rejected its configuration")
+
+
+def test_symlinked_repository_refuses_the_collection(registry, pusher, tmp_path):
+    """The collector follows a repository symlink; a guard that skips it would let -m orphan its index."""
+    index = pusher.push_index("infra-ci", "latest", attestations=True, seed="link")
+    pusher.push_image("plain", "v1", seed="plain")
+    registry.stop()
+    repositories = registry.tree / "repositories"
+    outside = tmp_path / "moved-infra-ci"
+    shutil.move(str(repositories / "infra-ci"), str(outside))
+    os.symlink(str(outside), str(repositories / "infra-ci"))
+    before = listing(registry.storage_root) + listing(outside)
+    outcome = run_guarded_gc(options(registry, delete_untagged=True))
+    assert outcome.status == "error" and outcome.exit_code == 2, outcome.message
+    assert outcome.failure_kind == "unreadable_storage"
+    assert "repositories/infra-ci is a symbolic link" in outcome.message
+    assert not outcome.collection_attempted
+    assert listing(registry.storage_root) + listing(outside) == before
+    for child in index.children:
+        assert (outside / "_manifests" / "revisions" / "sha256" / child.digest[7:] / "link").exists()
+
+
+def test_unreadable_tagged_manifest_refuses_the_collection(registry, pusher, tmp_path):
+    """A tagged manifest the guard cannot read (here a symlink the collector would follow) stops the run."""
+    image = pusher.push_image("app", "v1", seed="unreadable")
+    pusher.push_blob("app", b"unreferenced")
+    registry.stop()
+    data = registry.tree / "blobs" / "sha256" / image.digest[7:9] / image.digest[7:] / "data"
+    elsewhere = tmp_path / "manifest-data"
+    shutil.move(str(data), str(elsewhere))
+    os.symlink(str(elsewhere), str(data))
+    before = listing(registry.storage_root)
+    outcome = run_guarded_gc(options(registry))
+    assert outcome.status == "error" and outcome.failure_kind == "unreadable_storage", outcome.message
+    assert image.digest in outcome.message and "app:v1" in outcome.message
+    assert not outcome.collection_attempted
+    assert listing(registry.storage_root) == before
