@@ -25,11 +25,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import time
 import typing as t
 
 from ._gc_guard import FAILED, GCGuardError, GCOptions, run_guarded_gc
-from ._report_files import write_json_report, write_metrics
-from ._storage_scan import ScanError, scan_metrics, scan_storage
+from ._report_files import Metric, write_json_report, write_metrics
+from ._storage_scan import ScanError, failed_scan_metrics, failed_scan_report, scan_metrics, scan_storage
 
 SCAN_CLEAN, SCAN_FINDINGS, SCAN_FAILED = 0, 1, 2
 
@@ -127,6 +128,7 @@ def _error(message: str) -> None:
 
 
 def run_scan(arguments: argparse.Namespace) -> int:
+    started = time.time()
     try:
         result = scan_storage(
             arguments.storage_root,
@@ -134,19 +136,31 @@ def run_scan(arguments: argparse.Namespace) -> int:
             min_age=arguments.min_age,
             on_finding=lambda finding: _print(finding.log_line()),
         )
-    except ScanError as error:
-        _error(str(error))
+    except (ScanError, RecursionError, MemoryError) as error:
+        message = str(error) if isinstance(error, ScanError) else (
+            f"storage {arguments.storage_root} could not be scanned: {type(error).__name__}"
+        )
+        _error(message)
+        # Written anyway, so monitoring shows the failed scan instead of the last good one.
+        _write_outputs(arguments, failed_scan_report(arguments.storage_root, message, started),
+                       failed_scan_metrics(started))
         return SCAN_FAILED
     _print(result.summary_line())
-    try:
-        if arguments.json_report:
-            write_json_report(arguments.json_report, result.as_report())
-        if arguments.metrics_file:
-            write_metrics(arguments.metrics_file, scan_metrics(result))
-    except OSError as error:
-        _error(f"cannot write {error.filename}: {error.strerror}")
+    if not _write_outputs(arguments, result.as_report(), scan_metrics(result)):
         return SCAN_FAILED
     return SCAN_CLEAN if result.clean else SCAN_FINDINGS
+
+
+def _write_outputs(arguments: argparse.Namespace, report: t.Mapping[str, t.Any], metrics: t.List[Metric]) -> bool:
+    try:
+        if arguments.json_report:
+            write_json_report(arguments.json_report, report)
+        if arguments.metrics_file:
+            write_metrics(arguments.metrics_file, metrics)
+    except OSError as error:
+        _error(f"cannot write {error.filename}: {error.strerror}")
+        return False
+    return True
 
 
 def run_gc(arguments: argparse.Namespace) -> int:

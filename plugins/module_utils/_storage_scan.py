@@ -274,6 +274,11 @@ def parse_manifest(body: bytes, digest: str, verified: bool = False) -> Manifest
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ValueError("not valid JSON (truncated or not a manifest)") from None
+    except RecursionError:
+        # The registry accepts JSON nested up to 10,000 levels; Python's parser recurses far less deep.
+        raise ValueError("JSON is nested too deeply to parse (not a usable manifest)") from None
+    except MemoryError:
+        raise ValueError("JSON is too large to parse in memory") from None
     if not isinstance(document, dict):
         raise ValueError("JSON is not an object, so not a manifest")
     media_type = document.get("mediaType")
@@ -1069,6 +1074,20 @@ def scan_storage(
     return StorageScanner(storage_root, repositories, min_age, on_finding).scan()
 
 
+def failed_scan_report(storage_root: str, message: str, started: float) -> t.Dict[str, t.Any]:
+    """The report of a scan that could not run, so a monitor never keeps reading the last good one."""
+    return {"storage_root": storage_root, "clean": False, "failed": True, "error": message, "started": started}
+
+
+def failed_scan_metrics(started: float) -> t.List[Metric]:
+    """Samples for a scan that could not run: failed, and not proven clean."""
+    return [
+        Metric("registry_storage_scan_failed", "1 when the last scan could not scan the storage.", "gauge", 1),
+        Metric("registry_storage_clean", "1 when the last scan found no harmful problem.", "gauge", 0),
+        Metric("registry_storage_scan_timestamp_seconds", "When the last scan started.", "gauge", int(started)),
+    ]
+
+
 def scan_metrics(result: ScanResult) -> t.List[Metric]:
     """Prometheus samples describing a scan, for node_exporter's textfile collector."""
     metrics = [
@@ -1083,6 +1102,7 @@ def scan_metrics(result: ScanResult) -> t.List[Metric]:
     ]
     metrics.extend(
         [
+            Metric("registry_storage_scan_failed", "1 when the last scan could not scan the storage.", "gauge", 0),
             Metric("registry_storage_clean", "1 when the last scan found no harmful problem.", "gauge", int(result.clean)),
             Metric("registry_storage_broken_tags", "Tags that reach a broken manifest.", "gauge", len(result.broken_tags)),
             Metric("registry_storage_repositories", "Repositories scanned.", "gauge", result.repositories),

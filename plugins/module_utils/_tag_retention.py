@@ -511,7 +511,8 @@ def _error_code(body: str) -> str:
         errors = json.loads(body).get("errors") or []
         code = errors[0].get("code", "")
         return code if isinstance(code, str) and code.isidentifier() else ""
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, RecursionError, MemoryError):
+        # An error body is only a hint; a hostile one must not stop the run.
         return ""
 
 

@@ -649,3 +649,26 @@ def test_is_digest_is_strict():
     assert is_digest(good)
     for bad in (good + "\n", good.upper(), "sha256:" + "g" * 64, "sha512:" + "a" * 64, good[:-1], ""):
         assert not is_digest(bad)
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError])
+def test_json_the_parser_cannot_handle_is_a_corrupt_manifest_not_a_crash(tree, monkeypatch, error):
+    image = tree.image("app", "v1", seed="deep")
+
+    def refuse(_body):
+        raise error("from the parser")
+
+    monkeypatch.setattr(scan_module.json, "loads", refuse)
+    result = scan_storage(tree.root)
+    assert [(f.kind, f.digest, f.tags) for f in result.findings] == [(CORRUPT_FILE, image.digest, ("v1",))]
+    assert "JSON is" in result.findings[0].reason
+
+
+def test_deeply_nested_manifest_is_a_corrupt_file(tree):
+    body = b'{"schemaVersion":2,"x":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    digest = tree.blob(body)
+    tree.link_revision("app", digest)
+    tree.tag("app", "deep", digest)
+    result = scan_storage(tree.root)
+    assert [(f.kind, f.digest, f.tags) for f in result.findings] == [(CORRUPT_FILE, digest, ("deep",))]
+    assert result.findings[0].reason == "manifest data JSON is nested too deeply to parse (not a usable manifest)"
