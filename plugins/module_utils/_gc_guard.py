@@ -25,6 +25,7 @@ from ._report_files import Metric
 from ._storage_scan import (
     ScanError,
     StorageReader,
+    resolve_storage_root,
     scan_storage,
 )
 
@@ -33,13 +34,19 @@ _BLOB_LINE = re.compile(r"^blob eligible for deletion: (sha256:[0-9a-f]{64})\s*$
 _MANIFEST_LINE = re.compile(
     r"^manifest eligible for deletion: (?:\{(?P<repo>\S+) )?(?P<digest>sha256:[0-9a-f]{64})"
 )
-_MARKING_LINE = re.compile(r"^(?P<repo>\S+): marking (?:manifest|blob) sha256:[0-9a-f]{64}\s*$")
+_MARKING_LINE = re.compile(r"^(?P<repo>\S+): marking (?P<what>manifest|blob) (?P<digest>sha256:[0-9a-f]{64})\s*$")
 _LAYER_LINK_LINE = re.compile(r"^(?P<repo>\S+): layer link eligible for deletion: (?P<digest>sha256:[0-9a-f]{64})")
 _SUMMARY_LINE = re.compile(r"^(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
 # The collector announces each repository with a line holding only its name.
 _REPOSITORY_LINE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 
 DONE, REFUSED, FAILED = 0, 1, 2
+
+_CONFIG_READ_LIMIT = 1024 * 1024
+# The registry reads this variable over its configuration file; the collector inherits the guard's environment.
+_ROOTDIRECTORY_ENV = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
+# The filesystem driver's own default when storage.filesystem names no rootdirectory.
+_DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
 
 
 class GCGuardError(Exception):
@@ -54,6 +61,7 @@ class GCOutput(t.NamedTuple):
     eligible_blobs: t.Tuple[str, ...]
     eligible_layer_links: t.Tuple[t.Tuple[str, str], ...]
     summary: t.Optional[t.Tuple[int, int, int]]
+    marked_manifests: t.Tuple[t.Tuple[str, str], ...] = ()
 
 
 class GCFailure(t.NamedTuple):
@@ -95,6 +103,11 @@ class GCOptions(t.NamedTuple):
     after_command: t.Tuple[str, ...] = ()
     check_mode: bool = False
     timeout: float = 3600.0
+    # The same configuration as this host sees it, when config_path is a path inside a container.
+    config_on_host: str = ""
+    # The rootdirectory the configuration must name when the collector runs in a container that mounts
+    # storage_root there; empty means the collector runs on this host and the real paths must match.
+    storage_root_in_config: str = ""
 
 
 class CommandResult(t.NamedTuple):
@@ -146,6 +159,7 @@ def parse_gc_output(text: str) -> GCOutput:
     manifests: t.List[t.Tuple[str, str]] = []
     blobs: t.List[str] = []
     layer_links: t.List[t.Tuple[str, str]] = []
+    marked: t.List[t.Tuple[str, str]] = []
     summary = None
     current = ""
     for raw_line in text.splitlines():
@@ -163,6 +177,8 @@ def parse_gc_output(text: str) -> GCOutput:
         match = _MARKING_LINE.match(line)
         if match:
             current = match.group("repo")
+            if match.group("what") == "manifest":
+                marked.append((current, match.group("digest")))
             continue
         match = _LAYER_LINK_LINE.match(line)
         if match:
@@ -181,7 +197,96 @@ def parse_gc_output(text: str) -> GCOutput:
         tuple(dict.fromkeys(blobs)),
         tuple(dict.fromkeys(layer_links)),
         summary,
+        tuple(dict.fromkeys(marked)),
     )
+
+
+def configured_rootdirectory(text: str) -> str:
+    """``storage.filesystem.rootdirectory`` of a registry configuration written in block-style YAML.
+
+    Standard library only, so a small reader of the one key the guard needs; raises ValueError when the
+    file does not configure filesystem storage in a form it can follow (the guard then refuses).
+    """
+    keys: t.List[t.Tuple[int, str]] = []
+    filesystem = False
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith(("#", "---", "- ")) or stripped == "-":
+            continue
+        if "\t" in raw[: len(raw) - len(raw.lstrip())]:
+            raise ValueError("it indents with tabs")
+        indent = len(raw) - len(raw.lstrip())
+        key, colon, value = stripped.partition(":")
+        if not colon:
+            continue
+        key = key.strip().strip("\"'")
+        value = _yaml_scalar(value)
+        while keys and keys[-1][0] >= indent:
+            keys.pop()
+        where = [name for _indent, name in keys] + [key]
+        if where == ["storage", "filesystem"]:
+            if value:
+                raise ValueError("storage.filesystem is not written as a block mapping")
+            filesystem = True
+        elif where == ["storage", "filesystem", "rootdirectory"]:
+            if not value:
+                raise ValueError("storage.filesystem.rootdirectory is empty")
+            return value
+        if not value:
+            keys.append((indent, key))
+    if filesystem:
+        return _DEFAULT_ROOTDIRECTORY
+    raise ValueError("it configures no filesystem storage (storage.filesystem)")
+
+
+def _yaml_scalar(text: str) -> str:
+    text = text.strip()
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        return text[1:end] if end > 0 else text[1:]
+    return text.split(" #", 1)[0].strip()
+
+
+def prove_same_storage(reader: StorageReader, options: GCOptions) -> str:
+    """"" when the collector's configuration names the storage the guard reads, else why that is not shown.
+
+    Compared by real path when the collector runs on this host; when it runs in a container, the
+    configuration must name options.storage_root_in_config (where the container mounts storage_root).
+    The dry run's own output is checked against the storage afterwards as well (_walked_elsewhere).
+    """
+    config_file = options.config_on_host or options.config_path
+    try:
+        with open(config_file, "rb") as handle:
+            raw = handle.read(_CONFIG_READ_LIMIT + 1)
+    except OSError as error:
+        return (
+            f"the registry configuration {config_file} cannot be read on this host ({error.strerror}), so it cannot "
+            "be shown to name the storage root; give the host's copy as the config-on-host option"
+        )
+    try:
+        if len(raw) > _CONFIG_READ_LIMIT:
+            raise ValueError(f"it is larger than {_CONFIG_READ_LIMIT} bytes")
+        configured = configured_rootdirectory(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"the storage root in the registry configuration {config_file} cannot be read: {error}"
+    if options.storage_root_in_config:
+        if os.path.normpath(configured) != os.path.normpath(options.storage_root_in_config):
+            return (
+                f"the registry configuration {config_file} names rootdirectory {configured}, "
+                f"not {options.storage_root_in_config} where the collector's container mounts {options.storage_root}"
+            )
+        return ""
+    configured = os.environ.get(_ROOTDIRECTORY_ENV) or configured
+    try:
+        configured_tree = resolve_storage_root(configured)
+    except ScanError as error:
+        return f"the registry configuration {config_file} names storage that cannot be used here: {error}"
+    if os.path.realpath(configured_tree) != os.path.realpath(reader.root):
+        return (
+            f"the registry configuration {config_file} names rootdirectory {configured}, "
+            f"which is not the storage root {options.storage_root}"
+        )
+    return ""
 
 
 def classify_failure(result: CommandResult) -> GCFailure:
@@ -408,6 +513,11 @@ def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcom
     except ScanError as error:
         raise GCGuardError(str(error)) from None
     outcome = GCOutcome(options)
+    mismatch = prove_same_storage(reader, options)
+    if mismatch:
+        # Checked before any command runs: a guard reading other storage would protect nothing.
+        _fail(outcome, "storage_mismatch", f"refused to collect: {mismatch}")
+        return outcome
     # The after command (restart) runs whenever the before command ran or the real collection was
     # attempted, whatever happened in between; a dry run alone changes nothing and needs no restart.
     before_ran = False
@@ -468,17 +578,12 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     parsed = parse_gc_output(dry.stdout)
     outcome.eligible_manifests = list(parsed.eligible_manifests)
     outcome.eligible_blobs = list(parsed.eligible_blobs)
-    walked = list(parsed.repositories) + [repo for repo, _digest in parsed.eligible_manifests]
-    unknown = [
-        repo
-        for repo in dict.fromkeys(walked)
-        if not _REPOSITORY_LINE.match(repo) or not os.path.isdir(os.path.join(reader.repositories_dir, repo))
-    ]
-    if unknown:
+    elsewhere = _walked_elsewhere(reader, parsed)
+    if elsewhere:
         _fail(
             outcome,
             "storage_mismatch",
-            f"the garbage collector walked repository {unknown[0]}, which is not under {reader.root}: "
+            f"the garbage collector walked {elsewhere}, which is not under {reader.root}: "
             "its configuration and the storage root name different storage",
         )
         return
@@ -564,6 +669,23 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
             f"garbage-collect deleted {unexpected} blob(s) its dry run did not list; "
             "was the registry writable during the run?"
         )
+
+
+def _walked_elsewhere(reader: StorageReader, parsed: GCOutput) -> str:
+    """What the dry run walked that the storage root does not hold: a repository, or a manifest revision.
+
+    Two stores with the same repository names differ in their revisions, so both are compared.
+    """
+    walked = list(parsed.repositories) + [repo for repo, _digest in parsed.eligible_manifests]
+    for repo in dict.fromkeys(walked):
+        if not _REPOSITORY_LINE.match(repo) or not os.path.isdir(os.path.join(reader.repositories_dir, repo)):
+            return f"repository {repo}"
+    for repo, digest in parsed.marked_manifests + parsed.eligible_manifests:
+        if not _REPOSITORY_LINE.match(repo) or not reader.linked(
+            os.path.join(reader.repositories_dir, repo), digest, "revision"
+        ):
+            return f"manifest revision {repo}@{digest}"
+    return ""
 
 
 def _scan_after(reader: StorageReader, outcome: GCOutcome) -> None:

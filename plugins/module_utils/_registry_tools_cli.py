@@ -87,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     gc = commands.add_parser("gc", help="run garbage-collect only when it cannot break a tagged image")
     gc.add_argument("--storage-root", required=True, help="registry rootdirectory or its docker/registry/v2")
     gc.add_argument("--config", required=True, help="registry config path as the gc command sees it")
+    gc.add_argument(
+        "--config-on-host",
+        default="",
+        metavar="FILE",
+        help="the same config as this host sees it, when --config is a path inside a container (default: --config); "
+        "its storage.filesystem.rootdirectory must be --storage-root (same real path) or --storage-root-in-config",
+    )
+    gc.add_argument(
+        "--storage-root-in-config",
+        default="",
+        metavar="PATH",
+        help="when the collector runs in a container that mounts --storage-root at PATH: the rootdirectory the "
+        "config must name. Either way, every revision the dry run walks must be in --storage-root, or nothing runs",
+    )
     gc.add_argument("--delete-untagged", action="store_true", help="pass --delete-untagged to garbage-collect")
     gc.add_argument(
         "--gc-command",
@@ -167,6 +181,8 @@ def run_gc(arguments: argparse.Namespace) -> int:
     options = GCOptions(
         storage_root=arguments.storage_root,
         config_path=arguments.config,
+        config_on_host=arguments.config_on_host,
+        storage_root_in_config=arguments.storage_root_in_config,
         delete_untagged=arguments.delete_untagged,
         gc_command=tuple(arguments.gc_command),
         before_command=tuple(arguments.before_command),

@@ -51,10 +51,26 @@ options:
   config_path:
     description:
       - The registry configuration file as the O(gc_command) sees it (inside the container when the command
-        runs in one). It must name the same storage as O(storage_root); the module checks that every repository
-        the collector walks exists under O(storage_root).
+        runs in one).
+      - It must name the same storage as O(storage_root). Before any command runs, the module reads its
+        C(storage.filesystem.rootdirectory) (from O(config_on_host) when given) and refuses unless its real path is
+        the real path of O(storage_root), or, with O(storage_root_in_config), unless it is that path. After the dry
+        run, every repository and manifest revision the collector walked must be in O(storage_root), or nothing
+        more runs (RV(failure_kind=storage_mismatch)).
+      - The environment variable C(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY), which the registry reads over its
+        file, is honoured when the collector runs on this host.
     type: str
     required: true
+  config_on_host:
+    description:
+      - The same configuration file as the host the module runs on sees it, when O(config_path) is a path inside
+        the collector's container. Defaults to O(config_path).
+    type: path
+  storage_root_in_config:
+    description:
+      - When the collector runs in a container that mounts O(storage_root) at this path, the C(rootdirectory) the
+        configuration must name. Leave it out when the collector runs on this host (real paths are compared).
+    type: str
   delete_untagged:
     description:
       - Pass C(--delete-untagged) to C(garbage-collect). The module refuses the run when it would delete
@@ -142,8 +158,8 @@ message:
   sample: deleted 0 manifest(s) and 1 blob(s), 42 bytes
 failure_kind:
   description: >-
-    Why it failed: C(configuration), C(missing_tags_directory), C(damaged_storage), C(storage_mismatch),
-    C(unreadable_storage) (a repository, C(_manifests) or tag path that is a symbolic link or cannot be read, or a
+    Why it failed: C(configuration), C(missing_tags_directory), C(damaged_storage),
+    C(storage_mismatch) (the configuration does not name O(storage_root)), C(unreadable_storage) (a repository, C(_manifests) or tag path that is a symbolic link or cannot be read, or a
     manifest reached from a tag that cannot be read: the collection is refused), C(hook), C(command), C(unknown);
     empty when it did not fail.
   returned: always
@@ -255,6 +271,8 @@ def main() -> None:
         argument_spec=dict(
             storage_root=dict(type="path", required=True),
             config_path=dict(type="str", required=True),
+            config_on_host=dict(type="path"),
+            storage_root_in_config=dict(type="str"),
             delete_untagged=dict(type="bool", default=False),
             gc_command=dict(type="list", elements="str", default=["docker-registry"]),
             before_command=dict(type="list", elements="str", default=[]),
@@ -271,6 +289,8 @@ def main() -> None:
     options = GCOptions(
         storage_root=params["storage_root"],
         config_path=params["config_path"],
+        config_on_host=params["config_on_host"] or "",
+        storage_root_in_config=params["storage_root_in_config"] or "",
         delete_untagged=params["delete_untagged"],
         gc_command=tuple(params["gc_command"]),
         before_command=tuple(params["before_command"]),

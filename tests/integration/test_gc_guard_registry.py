@@ -210,7 +210,15 @@ def test_installed_command_line_refuses_then_collects(registry, pusher, tmp_path
     assert f"GC DELETED BLOB digest={stray}" in collected.stdout
     assert collected.stdout.splitlines()[-1].startswith("GC COLLECTED ")
 
-    broken = run("--config", str(tmp_path / "missing.yml"))
+    missing = run("--config", str(tmp_path / "missing.yml"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"ERROR refused to collect: the registry configuration {tmp_path / 'missing.yml'}")
+    assert missing.stdout.splitlines()[-1].startswith("GC ERROR ")
+
+    # The right storage, but a configuration the collector itself rejects (no version).
+    versionless = tmp_path / "versionless.yml"
+    versionless.write_text(f"storage:\n  filesystem:\n    rootdirectory: {registry.storage_root}\n")
+    broken = run("--config", str(versionless))
     assert broken.returncode == 2
     assert broken.stderr.startswith("ERROR the dry run failed: the garbage collector rejected its configuration")
 
@@ -250,3 +258,57 @@ def test_unreadable_tagged_manifest_refuses_the_collection(registry, pusher, tmp
     assert image.digest in outcome.message and "app:v1" in outcome.message
     assert not outcome.collection_attempted
     assert listing(registry.storage_root) == before
+
+
+def test_other_storage_with_the_same_repository_names_is_refused(registry, pusher, make_registry):
+    """Two stores holding the same repository names: neither the names nor the walk tell them apart."""
+    pusher.push_index("infra-ci", "latest", attestations=True, seed="here")
+    other = make_registry()
+    from tests.harness.images import ImagePusher
+
+    ImagePusher(other).push_index("infra-ci", "latest", attestations=True, seed="there")
+    ImagePusher(other).push_image("infra-ci", None, seed="untagged-there")
+    other.stop()
+    registry.stop()
+    before = listing(registry.storage_root) + listing(other.storage_root)
+    # The guard reads registry's storage while the collector's configuration names the other one.
+    outcome = run_guarded_gc(options(registry, config_path=str(other.config_path), delete_untagged=True))
+    assert outcome.status == "error" and outcome.failure_kind == "storage_mismatch", outcome.message
+    assert f"names rootdirectory {other.storage_root}" in outcome.message
+    assert outcome.commands == []
+    assert listing(registry.storage_root) + listing(other.storage_root) == before
+
+
+def test_container_layout_is_proven_by_the_dry_run_walk(registry, pusher, make_registry, tmp_path):
+    """With the collector in a container, the configuration names the mount point; the dry run's walk
+    (its marked revisions) must match the host's storage root, or nothing runs after the dry run."""
+    pusher.push_index("infra-ci", "latest", attestations=True, seed="here")
+    other = make_registry()
+    from tests.harness.images import ImagePusher
+
+    ImagePusher(other).push_index("infra-ci", "latest", attestations=True, seed="there")
+    other.stop()
+    registry.stop()
+    journal = tmp_path / "journal"
+    container_view = tmp_path / "container-config.yml"
+    container_view.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n")
+    outcome = run_guarded_gc(
+        options(
+            registry,
+            config_path=str(other.config_path),  # what the "container" collector really reads
+            config_on_host=str(container_view),
+            storage_root_in_config="/var/lib/registry",
+            after_command=("sh", "-c", f"echo after >> {journal}"),
+            before_command=("sh", "-c", f"echo before >> {journal}"),
+        )
+    )
+    assert outcome.status == "error" and outcome.failure_kind == "storage_mismatch", outcome.message
+    assert "manifest revision infra-ci@sha256:" in outcome.message
+    assert not outcome.collection_attempted
+    assert journal.read_text().splitlines() == ["before", "after"]
+
+    mounted_elsewhere = run_guarded_gc(
+        options(registry, config_on_host=str(container_view), storage_root_in_config="/srv/registry")
+    )
+    assert mounted_elsewhere.failure_kind == "storage_mismatch"
+    assert "names rootdirectory /var/lib/registry, not /srv/registry" in mounted_elsewhere.message
