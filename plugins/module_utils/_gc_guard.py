@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import threading
 import typing as t
 
 from ._report_files import Metric
@@ -51,6 +53,13 @@ _DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
 
 class GCGuardError(Exception):
     """The guarded collection could not be prepared or run (bad options, unreadable storage)."""
+
+
+class GCInterrupted(Exception):
+    """SIGTERM or SIGHUP arrived: stop the collector, run the after command, report."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
 class GCOutput(t.NamedTuple):
@@ -108,6 +117,14 @@ class GCOptions(t.NamedTuple):
     # The rootdirectory the configuration must name when the collector runs in a container that mounts
     # storage_root there; empty means the collector runs on this host and the real paths must match.
     storage_root_in_config: str = ""
+    # Seconds the collector (dry run or real run) may take; 0 means the per-command timeout.
+    gc_timeout: float = 0.0
+    # Run when the collector had to be stopped (timeout, signal), before the after command: it must stop
+    # what killing the gc command's process group does not, such as the one-off container of `compose run`.
+    gc_stop_command: t.Tuple[str, ...] = ()
+    # The caller vouches that the registry is stopped or read-only for the whole run although no
+    # before command makes it so; without either, the real collection is refused.
+    registry_offline: bool = False
 
 
 class CommandResult(t.NamedTuple):
@@ -120,27 +137,42 @@ Runner = t.Callable[[t.Sequence[str], float], CommandResult]
 
 
 def run_command(argv: t.Sequence[str], timeout: float) -> CommandResult:
-    """Run argv without a shell; a missing program or a timeout becomes GCGuardError."""
+    """Run argv without a shell, in its own process group.
+
+    A missing program or a timeout becomes GCGuardError. On a timeout or any exception (GCInterrupted
+    included) the whole process group is killed and reaped before this returns, so no collector keeps
+    running behind a wrapper shell once the guard moves on to the after command.
+    """
     try:
-        completed = subprocess.run(
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise GCGuardError(f"command {argv[0]} was not found") from None
     except PermissionError:
         raise GCGuardError(f"command {argv[0]} cannot be executed (permission denied)") from None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(process)
         raise GCGuardError(f"command {' '.join(argv)} did not finish within {timeout:g} seconds") from None
-    return CommandResult(
-        completed.returncode,
-        completed.stdout.decode("utf-8", "replace"),
-        completed.stderr.decode("utf-8", "replace"),
-    )
+    except BaseException:
+        _kill_group(process)
+        raise
+    return CommandResult(process.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
+
+
+def _kill_group(process: "subprocess.Popen[bytes]") -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass  # already gone
+    process.kill()
+    process.communicate()
 
 
 def gc_argv(options: GCOptions, dry_run: bool) -> t.List[str]:
@@ -425,6 +457,8 @@ class GCOutcome:
         self.warnings: t.List[str] = []
         self.scan_after: t.Optional[t.Dict[str, t.Any]] = None
         self.collection_attempted = False
+        # True while a garbage-collect command runs, so an interruption knows to stop it.
+        self.collector_running = False
 
     @property
     def changed(self) -> bool:
@@ -503,7 +537,11 @@ class GCOutcome:
 
 
 def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcome:
-    """Dry run, refuse or collect, restart, scan. Raises GCGuardError only for unusable options."""
+    """Dry run, refuse or collect, restart, scan. Raises GCGuardError only for unusable options.
+
+    SIGTERM and SIGHUP (in the main thread) interrupt the run like a failure: the collector is stopped
+    and the after command still runs before the guard returns.
+    """
     if not options.config_path:
         raise GCGuardError("no garbage-collect configuration path given")
     if not options.gc_command:
@@ -518,22 +556,81 @@ def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcom
         # Checked before any command runs: a guard reading other storage would protect nothing.
         _fail(outcome, "storage_mismatch", f"refused to collect: {mismatch}")
         return outcome
+    if not options.check_mode and not options.before_command and not options.registry_offline:
+        # A push landing between the dry run and the real run would not be in the verdict.
+        _fail(
+            outcome,
+            "registry_writable",
+            "refused to collect: no before command stops the registry or makes it read-only, so a push between "
+            "the dry run and the collection could be broken; give a before command, or say that the registry is "
+            "stopped or read-only (registry offline)",
+        )
+        return outcome
+    signals = _SignalGuard()
     # The after command (restart) runs whenever the before command ran or the real collection was
     # attempted, whatever happened in between; a dry run alone changes nothing and needs no restart.
     before_ran = False
     try:
-        if not options.check_mode and options.before_command:
-            before_ran = True
-            if not _run_hook(options.before_command, "before", options, outcome, runner):
-                return outcome
-        _collect(reader, options, outcome, runner)
+        with signals:
+            try:
+                if not options.check_mode and options.before_command:
+                    before_ran = True
+                    if not _run_hook(options.before_command, "before", options, outcome, runner):
+                        return outcome
+                _collect(reader, options, outcome, runner)
+            except GCInterrupted as interrupted:
+                _fail(outcome, "interrupted", f"{interrupted} before the run finished; nothing more was started")
+                if outcome.collector_running:
+                    _stop_collector(options, outcome, runner)
+            finally:
+                # Later signals are only noted: the after command must not be cut short.
+                signals.defer()
+                if (before_ran or outcome.collection_attempted) and options.after_command:
+                    _run_hook(options.after_command, "after", options, outcome, runner)
     finally:
-        if (before_ran or outcome.collection_attempted) and options.after_command:
-            _run_hook(options.after_command, "after", options, outcome, runner)
+        if signals.deferred:
+            outcome.warnings.append(f"{signals.deferred} arrived while the after command ran and was held back")
     # After the after command, so the scan does not keep the registry down any longer.
     if outcome.collection_attempted:
         _scan_after(reader, outcome)
     return outcome
+
+
+class _SignalGuard:
+    """Turn SIGTERM and SIGHUP into GCInterrupted while active; then only note them until restored."""
+
+    _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.previous: t.Dict[int, t.Any] = {}
+        self.deferring = False
+        self.deferred = ""
+
+    def _handle(self, signum: int, _frame: t.Any) -> None:
+        if self.deferring:
+            self.deferred = signal.Signals(signum).name
+            return
+        raise GCInterrupted(signum)
+
+    def __enter__(self) -> "_SignalGuard":
+        # Signal handlers can only be set in the main thread; elsewhere the caller's handling stays.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def defer(self) -> None:
+        self.deferring = True
+
+    def __exit__(self, *_exc: t.Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_collector(options: GCOptions, outcome: GCOutcome, runner: Runner) -> None:
+    """The gc command's process group is already killed; stop what it left (a compose one-off container)."""
+    if options.gc_stop_command:
+        _run_hook(options.gc_stop_command, "gc stop", options, outcome, runner)
 
 
 def _run_hook(argv: t.Sequence[str], which: str, options: GCOptions, outcome: GCOutcome, runner: Runner) -> bool:
@@ -564,9 +661,13 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     dry_argv = gc_argv(options, dry_run=True)
     outcome.commands.append(dry_argv)
     try:
-        dry = runner(dry_argv, options.timeout)
+        outcome.collector_running = True
+        dry = runner(dry_argv, options.gc_timeout or options.timeout)
+        outcome.collector_running = False
     except GCGuardError as error:
+        outcome.collector_running = False
         _fail(outcome, "command", str(error))
+        _stop_collector(options, outcome, runner)
         return
     if dry.returncode != 0:
         failure = classify_failure(dry)
@@ -628,11 +729,6 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
         for repo, digest in parsed.eligible_manifests
         if reader.linked(os.path.join(reader.repositories_dir, repo), digest, "revision")
     ]
-    if not options.before_command:
-        outcome.warnings.append(
-            "no before command: the registry stayed writable while garbage-collect ran, "
-            "so a push during the run could lose blobs"
-        )
     if not options.after_command:
         outcome.warnings.append(
             "no after command: restart the registry yourself, its blob-descriptor cache "
@@ -643,10 +739,15 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     outcome.commands.append(real_argv)
     outcome.collection_attempted = True
     try:
-        real: t.Optional[CommandResult] = runner(real_argv, options.timeout)
+        outcome.collector_running = True
+        real: t.Optional[CommandResult] = runner(real_argv, options.gc_timeout or options.timeout)
+        outcome.collector_running = False
     except GCGuardError as error:
+        outcome.collector_running = False
         real = None
         _fail(outcome, "command", str(error))
+        # Before the after command makes the registry writable again.
+        _stop_collector(options, outcome, runner)
     outcome.deleted_blobs = [digest for digest in sizes if reader.blob_state(digest, fresh=True) == "absent"]
     outcome.deleted_manifests = [
         (repo, digest)

@@ -16,8 +16,10 @@ and ``_report_files.py`` with an empty ``__init__.py`` as the package ``registry
         --after-command 'docker compose -f /opt/registry/compose.yml up -d registry'
 
 Exit codes. scan: 0 clean, 1 findings, 2 could not scan. gc: 0 done (collected, nothing to collect,
-or a dry run that would collect), 1 refused, 2 error. Each finding is one line on standard output;
-errors are one line on standard error starting with ``ERROR``.
+or a dry run that would collect), 1 refused, 2 error (interrupted, timed out, storage the guard cannot
+read or cannot prove to be the collector's). Each finding is one line on standard output; errors are
+one line on standard error starting with ``ERROR``. SIGTERM and SIGHUP stop the collector and still run
+the after command.
 """
 
 from __future__ import annotations
@@ -124,8 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="run afterwards whatever happened, e.g. start or restart the registry",
     )
+    gc.add_argument(
+        "--gc-stop-command",
+        type=_command,
+        default=[],
+        metavar="CMD",
+        help="run when the collector had to be stopped (timeout, SIGTERM, SIGHUP), after its process group is "
+        "killed and before the after command, e.g. remove the one-off container of 'docker compose run --name'",
+    )
+    gc.add_argument(
+        "--registry-offline",
+        action="store_true",
+        help="the registry is stopped or read-only for the whole run although no --before-command makes it so; "
+        "without one of the two the collection is refused (a push between dry run and collection could be broken)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="only the dry run and the verdict; change nothing")
     gc.add_argument("--timeout", type=_non_negative, default=3600.0, metavar="SECONDS", help="per command")
+    gc.add_argument(
+        "--gc-timeout",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="how long the collector (dry run or collection) may run before it is stopped and the after command "
+        "runs (default: --timeout)",
+    )
     gc.add_argument("--json-report", metavar="FILE", help="write the outcome as JSON (atomically)")
     gc.add_argument("--metrics-file", metavar="FILE", help="write a node_exporter textfile (.prom)")
     return parser
@@ -189,6 +213,9 @@ def run_gc(arguments: argparse.Namespace) -> int:
         after_command=tuple(arguments.after_command),
         check_mode=arguments.dry_run,
         timeout=arguments.timeout or 3600.0,
+        gc_timeout=arguments.gc_timeout,
+        gc_stop_command=tuple(arguments.gc_stop_command),
+        registry_offline=arguments.registry_offline,
     )
     try:
         outcome = run_guarded_gc(options)

@@ -17,7 +17,8 @@ description:
   - Otherwise runs C(before_command) (stop the registry or make it read-only), the real collection, then
     C(after_command) (start or restart the registry; a running registry's blob-descriptor cache keeps answering
     for deleted blobs), scans the storage and reports what was reclaimed.
-  - C(after_command) runs whenever C(before_command) ran or the collection was attempted, even on failure or refusal.
+  - C(after_command) runs whenever C(before_command) ran or the collection was attempted, even on failure, refusal,
+    a timeout (O(gc_timeout)) or SIGTERM/SIGHUP; the collector is stopped first (O(gc_stop_command)).
   - Exit status 1 of C(garbage-collect) has several causes; the module tells them apart in RV(failure_kind).
   - The same guard runs on the registry host without Ansible as C(python3 -m registry_tools._registry_tools_cli gc).
 author:
@@ -101,10 +102,33 @@ options:
     type: list
     elements: str
     default: []
+  registry_offline:
+    description:
+      - Say that the registry is stopped or read-only for the whole run although no O(before_command) makes it so.
+      - Without a O(before_command) or this, the real collection is refused (RV(failure_kind=registry_writable)):
+        a push landing between the dry run and the collection is not in the verdict and could be broken.
+        Check mode runs either way.
+    type: bool
+    default: false
   timeout:
     description: Seconds each command may take.
     type: int
     default: 3600
+  gc_timeout:
+    description:
+      - Seconds the collector (the dry run, then the collection) may run. When it is exceeded the collector's whole
+        process group is killed, O(gc_stop_command) runs, then O(after_command), before the module fails.
+      - Defaults to O(timeout).
+    type: int
+  gc_stop_command:
+    description:
+      - Command (argument list, no shell) run when the collector had to be stopped (timeout, SIGTERM, SIGHUP), after its
+        process group is killed and before O(after_command) makes the registry writable again.
+      - Needed when killing the O(gc_command) does not stop the collector, as with C(docker compose run): give the
+        one-off container a name (C(--name registry-gc)) and remove it here (C([docker, rm, --force, registry-gc])).
+    type: list
+    elements: str
+    default: []
   report_path:
     description: Write the outcome as JSON to this file (atomically).
     type: path
@@ -129,8 +153,13 @@ EXAMPLES = r"""
 - name: Collect garbage with the registry stopped
   selfhosted.registry.registry_garbage_collect:
     storage_root: /srv/registry/data
+    # The collector runs in a one-off container that mounts /srv/registry/data at /var/lib/registry.
     config_path: /etc/docker/registry/config.yml
-    gc_command: [docker, compose, -f, /opt/registry/compose.yml, run, --rm, --no-deps, registry, registry]
+    config_on_host: /opt/registry/config.yml
+    storage_root_in_config: /var/lib/registry
+    gc_command: [docker, compose, -f, /opt/registry/compose.yml, run, --rm, --no-deps, --name, registry-gc, registry, registry]
+    gc_stop_command: [docker, rm, --force, registry-gc]
+    gc_timeout: 7200
     before_command: [docker, compose, -f, /opt/registry/compose.yml, stop, registry]
     after_command: [docker, compose, -f, /opt/registry/compose.yml, up, -d, registry]
   register: gc
@@ -277,7 +306,10 @@ def main() -> None:
             gc_command=dict(type="list", elements="str", default=["docker-registry"]),
             before_command=dict(type="list", elements="str", default=[]),
             after_command=dict(type="list", elements="str", default=[]),
+            registry_offline=dict(type="bool", default=False),
             timeout=dict(type="int", default=3600),
+            gc_timeout=dict(type="int"),
+            gc_stop_command=dict(type="list", elements="str", default=[]),
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
         ),
@@ -286,6 +318,8 @@ def main() -> None:
     params = module.params
     if params["timeout"] <= 0:
         module.fail_json(msg=f"timeout must be positive, got {params['timeout']}")
+    if params["gc_timeout"] is not None and params["gc_timeout"] <= 0:
+        module.fail_json(msg=f"gc_timeout must be positive, got {params['gc_timeout']}")
     options = GCOptions(
         storage_root=params["storage_root"],
         config_path=params["config_path"],
@@ -297,6 +331,9 @@ def main() -> None:
         after_command=tuple(params["after_command"]),
         check_mode=module.check_mode,
         timeout=float(params["timeout"]),
+        gc_timeout=float(params["gc_timeout"] or 0),
+        gc_stop_command=tuple(params["gc_stop_command"]),
+        registry_offline=params["registry_offline"],
     )
     try:
         outcome = run_guarded_gc(options)

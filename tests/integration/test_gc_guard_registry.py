@@ -39,6 +39,8 @@ def options(registry, **overrides) -> GCOptions:
         storage_root=str(registry.storage_root),
         config_path=str(registry.config_path),
         gc_command=(REGISTRY_BINARY,),
+        # The tests stop the registry themselves before the guard runs.
+        registry_offline=True,
     )
     values.update(overrides)
     return GCOptions(**values)
@@ -191,7 +193,7 @@ def test_installed_command_line_refuses_then_collects(registry, pusher, tmp_path
     registry.stop()
     parent = install_registry_tools(str(tmp_path / "installed"))
     base = ["python3", "-m", "registry_tools._registry_tools_cli", "gc", "--storage-root", str(registry.storage_root),
-            "--config", str(registry.config_path), "--gc-command", REGISTRY_BINARY]
+            "--config", str(registry.config_path), "--gc-command", REGISTRY_BINARY, "--registry-offline"]
 
     def run(*extra):
         return subprocess.run(base + list(extra), cwd=parent, capture_output=True, text=True, timeout=300, check=False)
@@ -312,3 +314,101 @@ def test_container_layout_is_proven_by_the_dry_run_walk(registry, pusher, make_r
     )
     assert mounted_elsewhere.failure_kind == "storage_mismatch"
     assert "names rootdirectory /var/lib/registry, not /srv/registry" in mounted_elsewhere.message
+
+
+def test_a_writable_registry_is_not_collected_without_a_before_command_or_offline(registry, pusher):
+    """A push between the dry run and the collection would not be in the verdict: refuse up front."""
+    incident_precondition(registry, pusher)
+    before = listing(registry.storage_root)
+    outcome = run_guarded_gc(options(registry, registry_offline=False))
+    assert outcome.status == "error" and outcome.failure_kind == "registry_writable", outcome.message
+    assert outcome.exit_code == 2 and outcome.commands == []
+    assert "no before command stops the registry or makes it read-only" in outcome.message
+    assert listing(registry.storage_root) == before
+    # Looking is always allowed: check mode runs the dry run only.
+    assert run_guarded_gc(options(registry, registry_offline=False, check_mode=True)).status == "would_collect"
+
+
+# A collector that hangs in its real run (the dry run is the real binary): it records its PID and blocks.
+def hanging_collector(pid_file) -> tuple:
+    script = (
+        f'case " $* " in *" --dry-run "*) exec {REGISTRY_BINARY} "$@";; esac; '
+        f'sleep 3600 & echo $! > {pid_file}; wait'
+    )
+    return ("sh", "-c", script, "gc")
+
+
+def alive_check(pid_file) -> str:
+    """Shell that prints 'collector alive' or 'collector stopped' (a zombie counts as stopped)."""
+    return (
+        f'pid=$(cat {pid_file}); '
+        f'if [ -e /proc/$pid ] && ! grep -q "^State:[[:space:]]*Z" /proc/$pid/status; '
+        f'then echo collector alive; else echo collector stopped; fi'
+    )
+
+
+def test_a_timeout_stops_the_collector_before_the_after_command(registry, pusher, tmp_path):
+    incident_precondition(registry, pusher)
+    registry.stop()
+    journal, pid_file = tmp_path / "journal", tmp_path / "collector.pid"
+    outcome = run_guarded_gc(
+        options(
+            registry,
+            registry_offline=False,
+            gc_command=hanging_collector(pid_file),
+            gc_timeout=2,
+            gc_stop_command=("sh", "-c", f"echo gc-stop >> {journal}"),
+            before_command=("sh", "-c", f"echo before >> {journal}"),
+            after_command=("sh", "-c", f"{{ {alive_check(pid_file)}; echo after; }} >> {journal}"),
+        )
+    )
+    assert outcome.status == "error" and outcome.failure_kind == "command", outcome.message
+    assert "did not finish within 2 seconds" in outcome.message
+    assert journal.read_text().splitlines() == ["before", "gc-stop", "collector stopped", "after"]
+
+
+def test_signals_stop_the_collector_and_still_run_the_after_command(registry, pusher, tmp_path):
+    import signal
+    import time
+
+    incident_precondition(registry, pusher)
+    registry.stop()
+    parent = install_registry_tools(str(tmp_path / "installed"))
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        journal, pid_file = tmp_path / f"journal-{signum}", tmp_path / f"collector-{signum}.pid"
+        report = tmp_path / f"gc-{signum}.json"
+        process = subprocess.Popen(
+            ["python3", "-m", "registry_tools._registry_tools_cli", "gc", "--storage-root", str(registry.storage_root),
+             "--config", str(registry.config_path), "--json-report", str(report),
+             "--gc-command", " ".join(shlex_quote(word) for word in hanging_collector(pid_file)),
+             "--gc-stop-command", f"sh -c 'echo gc-stop >> {journal}'",
+             "--before-command", f"sh -c 'echo before >> {journal}'",
+             "--after-command", "sh -c " + shlex_quote(f"{{ {alive_check(pid_file)}; echo after; }} >> {journal}")],
+            cwd=parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            # Wait (bounded by the test's own timeout) until the collector is really running.
+            while not (pid_file.exists() and pid_file.read_text().strip()):
+                assert process.poll() is None, process.communicate()
+                time.sleep(0.05)
+            process.send_signal(signum)
+            stdout, stderr = process.communicate(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        assert process.returncode == 2, stdout + stderr
+        name = signal.Signals(signum).name
+        assert stderr == f"ERROR interrupted by {name} before the run finished; nothing more was started\n"
+        assert journal.read_text().splitlines() == ["before", "gc-stop", "collector stopped", "after"]
+        saved = json.loads(report.read_text())
+        assert saved["status"] == "error" and saved["failure_kind"] == "interrupted"
+    # Nothing was collected: the incident's stray blob is still there, and the index still pulls.
+    registry.start()
+    assert pusher.get_manifest("infra-ci", "latest").status_code == 200
+
+
+def shlex_quote(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)

@@ -72,7 +72,9 @@ def test_gc_guard_refuses_instead_of_crashing(registry, pusher):
     pusher.push_blob("hostile", b"unreferenced")
     registry.stop()
     outcome = run_guarded_gc(
-        GCOptions(str(registry.storage_root), str(registry.config_path), gc_command=(REGISTRY_BINARY,))
+        GCOptions(
+            str(registry.storage_root), str(registry.config_path), gc_command=(REGISTRY_BINARY,), registry_offline=True
+        )
     )
     assert outcome.exit_code == 2 and outcome.failure_kind == "unreadable_storage", outcome.message
     assert digest in outcome.message and "hostile:deep" in outcome.message

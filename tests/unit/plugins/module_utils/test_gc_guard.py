@@ -177,7 +177,13 @@ def test_same_digest_in_another_repository_is_not_confused(tree):
 
 # -- the whole run ---------------------------------------------------------------------------------
 def guarded(tree, tmp_path, **overrides):
-    values = dict(storage_root=tree.root, config_path=write_config(tmp_path, tree.root), gc_command=(REGISTRY_BINARY,))
+    # No registry serves these trees, so it is offline for the whole run.
+    values = dict(
+        storage_root=tree.root,
+        config_path=write_config(tmp_path, tree.root),
+        gc_command=(REGISTRY_BINARY,),
+        registry_offline=True,
+    )
     values.update(overrides)
     return run_guarded_gc(GCOptions(**values))
 
