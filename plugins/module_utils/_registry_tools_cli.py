@@ -30,9 +30,20 @@ import sys
 import time
 import typing as t
 
-from ._gc_guard import FAILED, GCGuardError, GCOptions, run_guarded_gc
+from ._gc_guard import FAILED, GCGuardError, GCOptions, GCOutcome, run_guarded_gc
 from ._report_files import Metric, write_json_report, write_metrics
-from ._storage_scan import ScanError, failed_scan_metrics, failed_scan_report, scan_metrics, scan_storage
+from ._storage_scan import (
+    DEFAULT_LOCK_FILE,
+    DEFAULT_LOCK_WAIT,
+    LOCK_FILE_ENV,
+    HostLockError,
+    ScanError,
+    failed_scan_metrics,
+    failed_scan_report,
+    host_lock,
+    scan_metrics,
+    scan_storage,
+)
 
 SCAN_CLEAN, SCAN_FINDINGS, SCAN_FAILED = 0, 1, 2
 
@@ -85,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument("--json-report", metavar="FILE", help="write the full result as JSON (atomically)")
     scan.add_argument("--metrics-file", metavar="FILE", help="write a node_exporter textfile (.prom)")
+    _lock_arguments(scan)
 
     gc = commands.add_parser("gc", help="run garbage-collect only when it cannot break a tagged image")
     gc.add_argument("--storage-root", required=True, help="registry rootdirectory or its docker/registry/v2")
@@ -152,7 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--json-report", metavar="FILE", help="write the outcome as JSON (atomically)")
     gc.add_argument("--metrics-file", metavar="FILE", help="write a node_exporter textfile (.prom)")
+    _lock_arguments(gc)
     return parser
+
+
+def _lock_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock-file",
+        default="",
+        metavar="FILE",
+        help=f"host-wide lock shared by scan, gc and tag retention, so two never run at once "
+        f"(default: ${LOCK_FILE_ENV} or {DEFAULT_LOCK_FILE})",
+    )
+    parser.add_argument(
+        "--lock-wait",
+        type=_non_negative,
+        default=DEFAULT_LOCK_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for another run to finish before giving up with exit 2 (default: %(default)g)",
+    )
 
 
 def _print(line: str) -> None:
@@ -168,14 +198,15 @@ def _error(message: str) -> None:
 def run_scan(arguments: argparse.Namespace) -> int:
     started = time.time()
     try:
-        result = scan_storage(
-            arguments.storage_root,
-            repositories=arguments.repository,
-            min_age=arguments.min_age,
-            on_finding=lambda finding: _print(finding.log_line()),
-        )
-    except (ScanError, RecursionError, MemoryError) as error:
-        message = str(error) if isinstance(error, ScanError) else (
+        with host_lock("storage scan", arguments.lock_file, arguments.lock_wait):
+            result = scan_storage(
+                arguments.storage_root,
+                repositories=arguments.repository,
+                min_age=arguments.min_age,
+                on_finding=lambda finding: _print(finding.log_line()),
+            )
+    except (ScanError, HostLockError, RecursionError, MemoryError) as error:
+        message = str(error) if isinstance(error, (ScanError, HostLockError)) else (
             f"storage {arguments.storage_root} could not be scanned: {type(error).__name__}"
         )
         _error(message)
@@ -218,10 +249,13 @@ def run_gc(arguments: argparse.Namespace) -> int:
         registry_offline=arguments.registry_offline,
     )
     try:
-        outcome = run_guarded_gc(options)
-    except GCGuardError as error:
-        _error(str(error))
-        return FAILED
+        with host_lock("guarded garbage collection", arguments.lock_file, arguments.lock_wait):
+            outcome = run_guarded_gc(options)
+    except (GCGuardError, HostLockError) as error:
+        # Nothing ran; the report and metrics still say so, so monitoring does not show the last run's state.
+        outcome = GCOutcome(options)
+        outcome.failure_kind = "locked" if isinstance(error, HostLockError) else "options"
+        outcome.message = str(error)
     for line in outcome.log_lines():
         _print(line)
     if outcome.status == "error":

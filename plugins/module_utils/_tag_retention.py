@@ -31,7 +31,7 @@ import urllib.parse
 import urllib.request
 
 from ._report_files import write_json_report
-from ._storage_scan import ScanError, StorageReader
+from ._storage_scan import DEFAULT_LOCK_FILE, DEFAULT_LOCK_WAIT, LOCK_FILE_ENV, HostLockError, ScanError, StorageReader, host_lock
 
 DEFAULT_KEEP_NEWEST = 10
 DEFAULT_MIN_AGE_DAYS = 7.0
@@ -789,6 +789,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude", action="append", metavar="GLOB", default=[], help="repository pattern to skip")
     parser.add_argument("--report", help="also write the decisions as a JSON report to this file")
     parser.add_argument("--apply", action="store_true", help="really delete (without it, only print the plan)")
+    parser.add_argument(
+        "--lock-file",
+        default="",
+        help=f"host-wide lock shared with the storage scan and the GC guard, so they never run at once "
+        f"(default: ${LOCK_FILE_ENV} or {DEFAULT_LOCK_FILE})",
+    )
+    parser.add_argument(
+        "--lock-wait", type=float, default=DEFAULT_LOCK_WAIT,
+        help="seconds to wait for another run to finish before giving up with exit 2 (default: %(default)g)",
+    )
     return parser
 
 
@@ -844,13 +854,15 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
                 args.registry_url, username, password, args.ca_file, not args.insecure, args.timeout
             )
             report["registry_url"] = client.url
-        result = run_retention(args.storage_root, policy, client, apply=args.apply, emit=emit)
+        with host_lock("tag retention", args.lock_file, args.lock_wait):
+            result = run_retention(args.storage_root, policy, client, apply=args.apply, emit=emit)
         report.update(result.as_dict())
         status = 2 if result.errors else 0
-    except TagRetentionError as error:
+    except (TagRetentionError, HostLockError) as error:
+        message = str(error) if str(error).endswith(".") else f"{error}."
         # The report says so too, so a monitor reading only the report sees the failed run.
-        report["errors"] = [str(error)]
-        _fail(str(error))
+        report["errors"] = [message]
+        _fail(message)
     report["ok"] = status == 0
     if args.report:
         try:

@@ -129,6 +129,18 @@ options:
     type: list
     elements: str
     default: []
+  lock_path:
+    description:
+      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
+        line alike), so two of them never run on the registry host at once.
+      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
+        and runs nothing.
+    type: int
+    default: 300
   report_path:
     description: Write the outcome as JSON to this file (atomically).
     type: path
@@ -293,6 +305,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._report_files 
     write_json_report,
     write_metrics,
 )
+from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import HostLockError, host_lock
 
 
 def main() -> None:
@@ -312,6 +325,8 @@ def main() -> None:
             gc_stop_command=dict(type="list", elements="str", default=[]),
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
+            lock_path=dict(type="path"),
+            lock_timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )
@@ -336,8 +351,9 @@ def main() -> None:
         registry_offline=params["registry_offline"],
     )
     try:
-        outcome = run_guarded_gc(options)
-    except GCGuardError as error:
+        with host_lock("guarded garbage collection", params["lock_path"] or "", float(params["lock_timeout"])):
+            outcome = run_guarded_gc(options)
+    except (GCGuardError, HostLockError) as error:
         module.fail_json(msg=str(error))
     result = outcome.as_dict()
     result.pop("check_mode")

@@ -59,6 +59,18 @@ options:
       - C(registry_storage_scan_failed) is 1 (and C(registry_storage_clean) 0) when the storage could not be scanned.
       - Written in check mode too, like O(report_path).
     type: path
+  lock_path:
+    description:
+      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
+        line alike), so two of them never run on the registry host at once.
+      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
+        and runs nothing.
+    type: int
+    default: 300
   fail_on_findings:
     description:
       - Fail the task when the storage is not clean.
@@ -211,9 +223,11 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._report_files 
     write_metrics,
 )
 from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import (
+    HostLockError,
     ScanError,
     failed_scan_metrics,
     failed_scan_report,
+    host_lock,
     scan_metrics,
     scan_storage,
 )
@@ -228,6 +242,8 @@ def main() -> None:
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
             fail_on_findings=dict(type="bool", default=False),
+            lock_path=dict(type="path"),
+            lock_timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )
@@ -236,8 +252,9 @@ def main() -> None:
         module.fail_json(msg=f"min_age must not be negative, got {params['min_age']}")
     started = time.time()
     try:
-        result = scan_storage(params["storage_root"], repositories=params["repositories"], min_age=params["min_age"])
-    except ScanError as error:
+        with host_lock("storage scan", params["lock_path"] or "", float(params["lock_timeout"])):
+            result = scan_storage(params["storage_root"], repositories=params["repositories"], min_age=params["min_age"])
+    except (ScanError, HostLockError) as error:
         # The report and metrics still say the scan failed, so monitoring does not keep the last good state.
         try:
             if params["report_path"]:

@@ -117,6 +117,18 @@ options:
       - Only plan and report. Set to V(false) to delete.
     type: bool
     default: true
+  lock_path:
+    description:
+      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
+        line alike), so two of them never run on the registry host at once.
+      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
+        and runs nothing.
+    type: int
+    default: 300
   report_path:
     description:
       - Also write the result as JSON to this file on the registry host, atomically.
@@ -343,6 +355,7 @@ from ansible.module_utils.basic import AnsibleModule
 # The shared connection spec imports requests only when a client is built, so this host-side module can use it.
 from ..module_utils._registry_options import registry_connection_argument_spec
 from ..module_utils._report_files import write_json_report
+from ..module_utils._storage_scan import HostLockError, host_lock
 from ..module_utils._tag_retention import (
     DEFAULT_KEEP_NEWEST,
     DEFAULT_MIN_AGE_DAYS,
@@ -366,6 +379,8 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         exclude_repositories=dict(type="list", elements="str", default=[]),
         dry_run=dict(type="bool", default=True),
         report_path=dict(type="path"),
+        lock_path=dict(type="path"),
+        lock_timeout=dict(type="int", default=300),
     )
 
 
@@ -431,8 +446,9 @@ def main() -> None:
             params["validate_certs"],
             float(params["timeout"]),
         )
-        result = run_retention(params["storage_root"], policy, client, apply=not dry_run)
-    except TagRetentionError as error:
+        with host_lock("tag retention", params["lock_path"] or "", float(params["lock_timeout"])):
+            result = run_retention(params["storage_root"], policy, client, apply=not dry_run)
+    except (TagRetentionError, HostLockError) as error:
         module.fail_json(msg=str(error), errors=[str(error)])
 
     shaped = result.as_dict()
