@@ -109,6 +109,10 @@ def host_lock(what: str, path: str = "", wait: float = DEFAULT_LOCK_WAIT) -> t.I
     ``what`` into the file so a refused run can name it. The kernel drops the lock when the process ends.
     """
     path = path or os.environ.get(LOCK_FILE_ENV) or DEFAULT_LOCK_FILE
+    if path == DEFAULT_LOCK_FILE:
+        # Containers and minimal systems may lack /run/lock (systemd-tmpfiles makes it on a full host).
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as error:
