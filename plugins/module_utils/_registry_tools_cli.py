@@ -46,6 +46,13 @@ from ._storage_scan import (
 )
 
 SCAN_CLEAN, SCAN_FINDINGS, SCAN_FAILED = 0, 1, 2
+ORPHAN_LAYER_LINK_EXIT = (
+    "An ORPHAN LAYER LINK with referenced=no (a _layers link without data that no manifest in the repository "
+    "references) is listed but keeps exit 0: the registry's own garbage-collect deletes blob data and leaves "
+    "these links behind after every collection of a deleted image, nothing can pull through them (no manifest "
+    "names them, and a push uploads the layer again because its data is gone), so exit 1 would make every scan "
+    "after every GC red. With referenced=yes a manifest needs the layer: that is exit 1."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="{scan,gc}", parser_class=_Parser)
     commands.required = True
 
-    scan = commands.add_parser("scan", help="find broken images in filesystem storage (read-only)")
+    scan = commands.add_parser(
+        "scan",
+        help="find broken images in filesystem storage (read-only)",
+        description="Find broken images in filesystem storage (read-only). Exit 0 clean, 1 findings, 2 could not scan.",
+        epilog=ORPHAN_LAYER_LINK_EXIT,
+    )
     scan.add_argument("--storage-root", required=True, help="registry rootdirectory or its docker/registry/v2")
     scan.add_argument(
         "--repository",
