@@ -105,8 +105,8 @@ options:
   registry_offline:
     description:
       - Say that the registry is stopped or read-only for the whole run although no O(before_command) makes it so.
-      - Without a O(before_command) or this, the real collection is refused (RV(failure_kind=registry_writable)):
-        a push landing between the dry run and the collection is not in the verdict and could be broken.
+      - Without a O(before_command) or this, the real collection is refused (RV(failure_kind=registry_writable)),
+        because a push landing between the dry run and the collection is not in the verdict and could be broken.
         Check mode runs either way.
     type: bool
     default: false
@@ -124,7 +124,7 @@ options:
     description:
       - Command (argument list, no shell) run when the collector had to be stopped (timeout, SIGTERM, SIGHUP), after its
         process group is killed and before O(after_command) makes the registry writable again.
-      - Needed when killing the O(gc_command) does not stop the collector, as with C(docker compose run): give the
+      - Needed when killing the O(gc_command) does not stop the collector, as with C(docker compose run). Give the
         one-off container a name (C(--name registry-gc)) and remove it here (C([docker, rm, --force, registry-gc])).
     type: list
     elements: str
@@ -200,8 +200,9 @@ message:
 failure_kind:
   description: >-
     Why it failed: C(configuration), C(missing_tags_directory), C(damaged_storage),
-    C(storage_mismatch) (the configuration does not name O(storage_root)), C(unreadable_storage) (a repository, C(_manifests) or tag path that is a symbolic link or cannot be read, or a
-    manifest reached from a tag that cannot be read: the collection is refused), C(hook), C(command), C(unknown);
+    C(storage_mismatch) (the configuration does not name O(storage_root)), C(unreadable_storage) (a repository,
+    C(_manifests) or tag path that is a symbolic link or cannot be read, or a manifest reached from a tag that
+    cannot be read; the collection is refused), C(hook), C(command), C(unknown);
     empty when it did not fail.
   returned: always
   type: str

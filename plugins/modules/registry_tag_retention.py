@@ -25,11 +25,11 @@ description:
     RV(errors), because what cannot be read might be what needs a candidate.
   - Before each delete the repository's tag links are checked again (names and modification times); if a push
     changed them since the plan was made, the rest of that repository is skipped and reported in RV(errors).
-    After each delete they are read again: a tag the registry removed along with the digest (one pushed to that
+    After each delete they are read again, and a tag the registry removed along with the digest (one pushed to that
     digest while it was being deleted) is returned in RV(lost_tags) and RV(errors), and the rest of the repository
     is skipped.
   - Signatures, attestations and SBOMs that cosign stores as tags named after a digest
-    (C(sha256-<hex>.sig), C(.att), C(.sbom)) belong to that digest: they are kept while it stays, deleted with it,
+    (C(sha256-<hex>.sig), C(.att), C(.sbom)) belong to that digest. They are kept while it stays, deleted with it,
     and never count towards O(keep_newest). One whose digest is no longer in the repository is deleted once it is
     older than O(min_age_days).
   - Deleting manifests frees no space by itself. Run the garbage-collection guard afterwards (plain
@@ -293,7 +293,11 @@ lost_tags:
   returned: always
   type: list
   elements: dict
-  sample: [{repository: app, tag: stable, digest: "sha256:2a62f5e67a414142e16d961895f32bd502a42387c44724d035098afb1a823a57", reason: removed_with_deleted_digest}]
+  sample:
+    - repository: app
+      tag: stable
+      digest: "sha256:2a62f5e67a414142e16d961895f32bd502a42387c44724d035098afb1a823a57"
+      reason: removed_with_deleted_digest
 errors:
   description: One sentence per problem; a repository named here was left untouched from that point on.
   returned: always

@@ -293,7 +293,7 @@ def test_container_layout_is_proven_by_the_dry_run_walk(registry, pusher, make_r
     registry.stop()
     journal = tmp_path / "journal"
     container_view = tmp_path / "container-config.yml"
-    container_view.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n")
+    container_view.write_text("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /var/lib/registry\n")
     outcome = run_guarded_gc(
         options(
             registry,

@@ -453,9 +453,14 @@ def cosign(subject: str, kind: str) -> str:
     return f"sha256-{digest(subject)[7:]}.{kind}"
 
 
+def tags_from(ages_in_days: t.Mapping[str, t.Tuple[str, float]]) -> t.Dict[str, TagState]:
+    """tags_of for tag names that are not Python identifiers."""
+    return {tag: TagState(tag, digest(target), NOW - age * DAY) for tag, (target, age) in ages_in_days.items()}
+
+
 def test_cosign_tags_follow_the_digest_they_name_and_never_count_as_newest() -> None:
-    tags = tags_of(
-        **{
+    tags = tags_from(
+        {
             "v-new": ("new", 30),
             "v-old": ("old", 40),
             # The signatures are the newest pushes: counted as tags they would push v-new out of keep 1.
@@ -480,14 +485,14 @@ def test_cosign_tags_follow_the_digest_they_name_and_never_count_as_newest() -> 
 
 
 def test_signature_of_an_untagged_child_of_a_kept_index_is_kept() -> None:
-    tags = tags_of(**{"latest": ("index", 50), cosign("child", "sig"): ("child-sig", 50)})
+    tags = tags_from({"latest": ("index", 50), cosign("child", "sig"): ("child-sig", 50)})
     result = plan(tags, edges={"index": ["child"]}, keep_newest=0, protected_tags=("latest",))
     assert reasons(result)[cosign("child", "sig")] == f"signature_of:{digest('child')}"
     assert result.deletions == []
 
 
 def test_signature_whose_subject_is_gone_is_deleted_only_when_old() -> None:
-    tags = tags_of(**{cosign("gone", "sig"): ("gone-sig", 30), cosign("gone2", "att"): ("gone2-att", 1)})
+    tags = tags_from({cosign("gone", "sig"): ("gone-sig", 30), cosign("gone2", "att"): ("gone2-att", 1)})
     result = plan(tags, keep_newest=5, protected_tags=(), min_age_days=7)
     assert deleted_tags(result) == {cosign("gone", "sig")}
     assert reasons(result) == {cosign("gone2", "att"): "too_young"}
