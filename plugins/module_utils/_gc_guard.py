@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import threading
 import typing as t
 
 from ._report_files import Metric
 from ._storage_scan import (
     ScanError,
     StorageReader,
+    resolve_storage_root,
     scan_storage,
 )
 
@@ -33,7 +36,7 @@ _BLOB_LINE = re.compile(r"^blob eligible for deletion: (sha256:[0-9a-f]{64})\s*$
 _MANIFEST_LINE = re.compile(
     r"^manifest eligible for deletion: (?:\{(?P<repo>\S+) )?(?P<digest>sha256:[0-9a-f]{64})"
 )
-_MARKING_LINE = re.compile(r"^(?P<repo>\S+): marking (?:manifest|blob) sha256:[0-9a-f]{64}\s*$")
+_MARKING_LINE = re.compile(r"^(?P<repo>\S+): marking (?P<what>manifest|blob) (?P<digest>sha256:[0-9a-f]{64})\s*$")
 _LAYER_LINK_LINE = re.compile(r"^(?P<repo>\S+): layer link eligible for deletion: (?P<digest>sha256:[0-9a-f]{64})")
 _SUMMARY_LINE = re.compile(r"^(\d+) blobs marked, (\d+) blobs and (\d+) manifests eligible for deletion")
 # The collector announces each repository with a line holding only its name.
@@ -41,9 +44,22 @@ _REPOSITORY_LINE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-
 
 DONE, REFUSED, FAILED = 0, 1, 2
 
+_CONFIG_READ_LIMIT = 1024 * 1024
+# The registry reads this variable over its configuration file; the collector inherits the guard's environment.
+_ROOTDIRECTORY_ENV = "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"
+# The filesystem driver's own default when storage.filesystem names no rootdirectory.
+_DEFAULT_ROOTDIRECTORY = "/var/lib/registry"
+
 
 class GCGuardError(Exception):
     """The guarded collection could not be prepared or run (bad options, unreadable storage)."""
+
+
+class GCInterrupted(Exception):
+    """SIGTERM or SIGHUP arrived: stop the collector, run the after command, report."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
 
 
 class GCOutput(t.NamedTuple):
@@ -54,6 +70,7 @@ class GCOutput(t.NamedTuple):
     eligible_blobs: t.Tuple[str, ...]
     eligible_layer_links: t.Tuple[t.Tuple[str, str], ...]
     summary: t.Optional[t.Tuple[int, int, int]]
+    marked_manifests: t.Tuple[t.Tuple[str, str], ...] = ()
 
 
 class GCFailure(t.NamedTuple):
@@ -95,6 +112,19 @@ class GCOptions(t.NamedTuple):
     after_command: t.Tuple[str, ...] = ()
     check_mode: bool = False
     timeout: float = 3600.0
+    # The same configuration as this host sees it, when config_path is a path inside a container.
+    config_on_host: str = ""
+    # The rootdirectory the configuration must name when the collector runs in a container that mounts
+    # storage_root there; empty means the collector runs on this host and the real paths must match.
+    storage_root_in_config: str = ""
+    # Seconds the collector (dry run or real run) may take; 0 means the per-command timeout.
+    gc_timeout: float = 0.0
+    # Run when the collector had to be stopped (timeout, signal), before the after command: it must stop
+    # what killing the gc command's process group does not, such as the one-off container of `compose run`.
+    gc_stop_command: t.Tuple[str, ...] = ()
+    # The caller vouches that the registry is stopped or read-only for the whole run although no
+    # before command makes it so; without either, the real collection is refused.
+    registry_offline: bool = False
 
 
 class CommandResult(t.NamedTuple):
@@ -107,27 +137,42 @@ Runner = t.Callable[[t.Sequence[str], float], CommandResult]
 
 
 def run_command(argv: t.Sequence[str], timeout: float) -> CommandResult:
-    """Run argv without a shell; a missing program or a timeout becomes GCGuardError."""
+    """Run argv without a shell, in its own process group.
+
+    A missing program or a timeout becomes GCGuardError. On a timeout or any exception (GCInterrupted
+    included) the whole process group is killed and reaped before this returns, so no collector keeps
+    running behind a wrapper shell once the guard moves on to the after command.
+    """
     try:
-        completed = subprocess.run(
+        process = subprocess.Popen(  # pylint: disable=consider-using-with
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
     except FileNotFoundError:
         raise GCGuardError(f"command {argv[0]} was not found") from None
     except PermissionError:
         raise GCGuardError(f"command {argv[0]} cannot be executed (permission denied)") from None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _kill_group(process)
         raise GCGuardError(f"command {' '.join(argv)} did not finish within {timeout:g} seconds") from None
-    return CommandResult(
-        completed.returncode,
-        completed.stdout.decode("utf-8", "replace"),
-        completed.stderr.decode("utf-8", "replace"),
-    )
+    except BaseException:
+        _kill_group(process)
+        raise
+    return CommandResult(process.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
+
+
+def _kill_group(process: "subprocess.Popen[bytes]") -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except OSError:
+        pass  # already gone
+    process.kill()
+    process.communicate()
 
 
 def gc_argv(options: GCOptions, dry_run: bool) -> t.List[str]:
@@ -146,6 +191,7 @@ def parse_gc_output(text: str) -> GCOutput:
     manifests: t.List[t.Tuple[str, str]] = []
     blobs: t.List[str] = []
     layer_links: t.List[t.Tuple[str, str]] = []
+    marked: t.List[t.Tuple[str, str]] = []
     summary = None
     current = ""
     for raw_line in text.splitlines():
@@ -163,6 +209,8 @@ def parse_gc_output(text: str) -> GCOutput:
         match = _MARKING_LINE.match(line)
         if match:
             current = match.group("repo")
+            if match.group("what") == "manifest":
+                marked.append((current, match.group("digest")))
             continue
         match = _LAYER_LINK_LINE.match(line)
         if match:
@@ -181,7 +229,96 @@ def parse_gc_output(text: str) -> GCOutput:
         tuple(dict.fromkeys(blobs)),
         tuple(dict.fromkeys(layer_links)),
         summary,
+        tuple(dict.fromkeys(marked)),
     )
+
+
+def configured_rootdirectory(text: str) -> str:
+    """``storage.filesystem.rootdirectory`` of a registry configuration written in block-style YAML.
+
+    Standard library only, so a small reader of the one key the guard needs; raises ValueError when the
+    file does not configure filesystem storage in a form it can follow (the guard then refuses).
+    """
+    keys: t.List[t.Tuple[int, str]] = []
+    filesystem = False
+    for raw in text.splitlines():
+        stripped = raw.strip()
+        if not stripped or stripped.startswith(("#", "---", "- ")) or stripped == "-":
+            continue
+        if "\t" in raw[: len(raw) - len(raw.lstrip())]:
+            raise ValueError("it indents with tabs")
+        indent = len(raw) - len(raw.lstrip())
+        key, colon, value = stripped.partition(":")
+        if not colon:
+            continue
+        key = key.strip().strip("\"'")
+        value = _yaml_scalar(value)
+        while keys and keys[-1][0] >= indent:
+            keys.pop()
+        where = [name for _indent, name in keys] + [key]
+        if where == ["storage", "filesystem"]:
+            if value:
+                raise ValueError("storage.filesystem is not written as a block mapping")
+            filesystem = True
+        elif where == ["storage", "filesystem", "rootdirectory"]:
+            if not value:
+                raise ValueError("storage.filesystem.rootdirectory is empty")
+            return value
+        if not value:
+            keys.append((indent, key))
+    if filesystem:
+        return _DEFAULT_ROOTDIRECTORY
+    raise ValueError("it configures no filesystem storage (storage.filesystem)")
+
+
+def _yaml_scalar(text: str) -> str:
+    text = text.strip()
+    if text[:1] in ("'", '"'):
+        end = text.find(text[0], 1)
+        return text[1:end] if end > 0 else text[1:]
+    return text.split(" #", 1)[0].strip()
+
+
+def prove_same_storage(reader: StorageReader, options: GCOptions) -> str:
+    """"" when the collector's configuration names the storage the guard reads, else why that is not shown.
+
+    Compared by real path when the collector runs on this host; when it runs in a container, the
+    configuration must name options.storage_root_in_config (where the container mounts storage_root).
+    The dry run's own output is checked against the storage afterwards as well (_walked_elsewhere).
+    """
+    config_file = options.config_on_host or options.config_path
+    try:
+        with open(config_file, "rb") as handle:
+            raw = handle.read(_CONFIG_READ_LIMIT + 1)
+    except OSError as error:
+        return (
+            f"the registry configuration {config_file} cannot be read on this host ({error.strerror}), so it cannot "
+            "be shown to name the storage root; give the host's copy as the config-on-host option"
+        )
+    try:
+        if len(raw) > _CONFIG_READ_LIMIT:
+            raise ValueError(f"it is larger than {_CONFIG_READ_LIMIT} bytes")
+        configured = configured_rootdirectory(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"the storage root in the registry configuration {config_file} cannot be read: {error}"
+    if options.storage_root_in_config:
+        if os.path.normpath(configured) != os.path.normpath(options.storage_root_in_config):
+            return (
+                f"the registry configuration {config_file} names rootdirectory {configured}, "
+                f"not {options.storage_root_in_config} where the collector's container mounts {options.storage_root}"
+            )
+        return ""
+    configured = os.environ.get(_ROOTDIRECTORY_ENV) or configured
+    try:
+        configured_tree = resolve_storage_root(configured)
+    except ScanError as error:
+        return f"the registry configuration {config_file} names storage that cannot be used here: {error}"
+    if os.path.realpath(configured_tree) != os.path.realpath(reader.root):
+        return (
+            f"the registry configuration {config_file} names rootdirectory {configured}, "
+            f"which is not the storage root {options.storage_root}"
+        )
+    return ""
 
 
 def classify_failure(result: CommandResult) -> GCFailure:
@@ -228,6 +365,10 @@ def _last_error_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+class UnreadableStorage(Exception):
+    """Storage the guard could not read completely: the collector may see (and delete) what the guard did not."""
+
+
 def find_blockers(
     reader: StorageReader,
     eligible_manifests: t.Iterable[t.Tuple[str, str]],
@@ -237,6 +378,9 @@ def find_blockers(
 
     Reachability follows manifest content, not revision links: a child whose revision link is
     already gone still needs its layers, and its data is how it could be restored.
+    Fails closed: a repository, ``_manifests`` or tag path that is a symlink or cannot be read, or a
+    manifest reached from a tag that cannot be read, raises UnreadableStorage. The registry's own
+    collector follows symlinks the guard will not, so anything unread could hide a blocker.
     """
     manifests = set(eligible_manifests)
     blobs = set(eligible_blobs)
@@ -253,8 +397,14 @@ def find_blockers(
             entry[0].add(tag)
 
     problems: t.List[t.Tuple[str, str]] = []
+    unreadable: t.List[str] = []
     for repository, directory in reader.iter_repositories(problems):
         current, _history = reader.read_tags(directory, problems)
+        for part in (("_manifests", "revisions"), ("_layers",)):
+            path = os.path.join(directory, *part)
+            problem = reader.directory_problem(path)
+            if problem and problem != "absent":
+                problems.append((path, problem))
         for tag, (root, _link) in current.items():
             seen: t.Set[str] = set()
             stack = [(root, "tagged manifest")]
@@ -269,12 +419,20 @@ def find_blockers(
                     note("blob", repository, digest, tag, role)
                 outcome = reader.read_manifest(digest)
                 if outcome.info is None:
+                    if not outcome.absent:
+                        unreadable.append(
+                            f"manifest {digest} ({role} of {repository}:{tag}) cannot be read: {outcome.problem}"
+                        )
                     continue
                 for child, _child_type in outcome.info.children:
                     stack.append((child, "child manifest"))
                 for blob, _blob_type, _foreign in outcome.info.blobs:
                     if blob in blobs:
                         note("blob", repository, blob, tag, "config or layer")
+    unreadable = [f"{reader.relative(path)} {reason}" for path, reason in problems] + unreadable
+    if unreadable:
+        more = f" (and {len(unreadable) - 1} more problems)" if len(unreadable) > 1 else ""
+        raise UnreadableStorage(f"{unreadable[0]}{more}")
     return [
         Blocker(kind, repository, digest, tuple(sorted(tags)), role)
         for (kind, repository, digest), (tags, role) in sorted(found.items())
@@ -299,6 +457,8 @@ class GCOutcome:
         self.warnings: t.List[str] = []
         self.scan_after: t.Optional[t.Dict[str, t.Any]] = None
         self.collection_attempted = False
+        # True while a garbage-collect command runs, so an interruption knows to stop it.
+        self.collector_running = False
 
     @property
     def changed(self) -> bool:
@@ -377,7 +537,11 @@ class GCOutcome:
 
 
 def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcome:
-    """Dry run, refuse or collect, restart, scan. Raises GCGuardError only for unusable options."""
+    """Dry run, refuse or collect, restart, scan. Raises GCGuardError only for unusable options.
+
+    SIGTERM and SIGHUP (in the main thread) interrupt the run like a failure: the collector is stopped
+    and the after command still runs before the guard returns.
+    """
     if not options.config_path:
         raise GCGuardError("no garbage-collect configuration path given")
     if not options.gc_command:
@@ -387,22 +551,86 @@ def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcom
     except ScanError as error:
         raise GCGuardError(str(error)) from None
     outcome = GCOutcome(options)
+    mismatch = prove_same_storage(reader, options)
+    if mismatch:
+        # Checked before any command runs: a guard reading other storage would protect nothing.
+        _fail(outcome, "storage_mismatch", f"refused to collect: {mismatch}")
+        return outcome
+    if not options.check_mode and not options.before_command and not options.registry_offline:
+        # A push landing between the dry run and the real run would not be in the verdict.
+        _fail(
+            outcome,
+            "registry_writable",
+            "refused to collect: no before command stops the registry or makes it read-only, so a push between "
+            "the dry run and the collection could be broken; give a before command, or say that the registry is "
+            "stopped or read-only (registry offline)",
+        )
+        return outcome
+    signals = _SignalGuard()
     # The after command (restart) runs whenever the before command ran or the real collection was
     # attempted, whatever happened in between; a dry run alone changes nothing and needs no restart.
     before_ran = False
     try:
-        if not options.check_mode and options.before_command:
-            before_ran = True
-            if not _run_hook(options.before_command, "before", options, outcome, runner):
-                return outcome
-        _collect(reader, options, outcome, runner)
+        with signals:
+            try:
+                if not options.check_mode and options.before_command:
+                    before_ran = True
+                    if not _run_hook(options.before_command, "before", options, outcome, runner):
+                        return outcome
+                _collect(reader, options, outcome, runner)
+            except GCInterrupted as interrupted:
+                _fail(outcome, "interrupted", f"{interrupted} before the run finished; nothing more was started")
+                if outcome.collector_running:
+                    _stop_collector(options, outcome, runner)
+            finally:
+                # Later signals are only noted: the after command must not be cut short.
+                signals.defer()
+                if (before_ran or outcome.collection_attempted) and options.after_command:
+                    _run_hook(options.after_command, "after", options, outcome, runner)
     finally:
-        if (before_ran or outcome.collection_attempted) and options.after_command:
-            _run_hook(options.after_command, "after", options, outcome, runner)
+        if signals.deferred:
+            outcome.warnings.append(f"{signals.deferred} arrived while the after command ran and was held back")
     # After the after command, so the scan does not keep the registry down any longer.
     if outcome.collection_attempted:
         _scan_after(reader, outcome)
     return outcome
+
+
+class _SignalGuard:
+    """Turn SIGTERM and SIGHUP into GCInterrupted while active; then only note them until restored."""
+
+    _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self.previous: t.Dict[int, t.Any] = {}
+        self.deferring = False
+        self.deferred = ""
+
+    def _handle(self, signum: int, _frame: t.Any) -> None:
+        if self.deferring:
+            self.deferred = signal.Signals(signum).name
+            return
+        raise GCInterrupted(signum)
+
+    def __enter__(self) -> "_SignalGuard":
+        # Signal handlers can only be set in the main thread; elsewhere the caller's handling stays.
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def defer(self) -> None:
+        self.deferring = True
+
+    def __exit__(self, *_exc: t.Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_collector(options: GCOptions, outcome: GCOutcome, runner: Runner) -> None:
+    """The gc command's process group is already killed; stop what it left (a compose one-off container)."""
+    if options.gc_stop_command:
+        _run_hook(options.gc_stop_command, "gc stop", options, outcome, runner)
 
 
 def _run_hook(argv: t.Sequence[str], which: str, options: GCOptions, outcome: GCOutcome, runner: Runner) -> bool:
@@ -433,9 +661,13 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     dry_argv = gc_argv(options, dry_run=True)
     outcome.commands.append(dry_argv)
     try:
-        dry = runner(dry_argv, options.timeout)
+        outcome.collector_running = True
+        dry = runner(dry_argv, options.gc_timeout or options.timeout)
+        outcome.collector_running = False
     except GCGuardError as error:
+        outcome.collector_running = False
         _fail(outcome, "command", str(error))
+        _stop_collector(options, outcome, runner)
         return
     if dry.returncode != 0:
         failure = classify_failure(dry)
@@ -447,17 +679,12 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     parsed = parse_gc_output(dry.stdout)
     outcome.eligible_manifests = list(parsed.eligible_manifests)
     outcome.eligible_blobs = list(parsed.eligible_blobs)
-    walked = list(parsed.repositories) + [repo for repo, _digest in parsed.eligible_manifests]
-    unknown = [
-        repo
-        for repo in dict.fromkeys(walked)
-        if not _REPOSITORY_LINE.match(repo) or not os.path.isdir(os.path.join(reader.repositories_dir, repo))
-    ]
-    if unknown:
+    elsewhere = _walked_elsewhere(reader, parsed)
+    if elsewhere:
         _fail(
             outcome,
             "storage_mismatch",
-            f"the garbage collector walked repository {unknown[0]}, which is not under {reader.root}: "
+            f"the garbage collector walked {elsewhere}, which is not under {reader.root}: "
             "its configuration and the storage root name different storage",
         )
         return
@@ -465,6 +692,13 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
         outcome.blockers = find_blockers(reader, parsed.eligible_manifests, parsed.eligible_blobs)
     except ScanError as error:
         _fail(outcome, "storage", str(error))
+        return
+    except UnreadableStorage as error:
+        _fail(
+            outcome,
+            "unreadable_storage",
+            f"refused to collect: the guard cannot read all of the storage the collector walks: {error}",
+        )
         return
     if outcome.blockers:
         first = outcome.blockers[0]
@@ -495,11 +729,6 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
         for repo, digest in parsed.eligible_manifests
         if reader.linked(os.path.join(reader.repositories_dir, repo), digest, "revision")
     ]
-    if not options.before_command:
-        outcome.warnings.append(
-            "no before command: the registry stayed writable while garbage-collect ran, "
-            "so a push during the run could lose blobs"
-        )
     if not options.after_command:
         outcome.warnings.append(
             "no after command: restart the registry yourself, its blob-descriptor cache "
@@ -510,10 +739,15 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
     outcome.commands.append(real_argv)
     outcome.collection_attempted = True
     try:
-        real: t.Optional[CommandResult] = runner(real_argv, options.timeout)
+        outcome.collector_running = True
+        real: t.Optional[CommandResult] = runner(real_argv, options.gc_timeout or options.timeout)
+        outcome.collector_running = False
     except GCGuardError as error:
+        outcome.collector_running = False
         real = None
         _fail(outcome, "command", str(error))
+        # Before the after command makes the registry writable again.
+        _stop_collector(options, outcome, runner)
     outcome.deleted_blobs = [digest for digest in sizes if reader.blob_state(digest, fresh=True) == "absent"]
     outcome.deleted_manifests = [
         (repo, digest)
@@ -536,6 +770,23 @@ def _collect(reader: StorageReader, options: GCOptions, outcome: GCOutcome, runn
             f"garbage-collect deleted {unexpected} blob(s) its dry run did not list; "
             "was the registry writable during the run?"
         )
+
+
+def _walked_elsewhere(reader: StorageReader, parsed: GCOutput) -> str:
+    """What the dry run walked that the storage root does not hold: a repository, or a manifest revision.
+
+    Two stores with the same repository names differ in their revisions, so both are compared.
+    """
+    walked = list(parsed.repositories) + [repo for repo, _digest in parsed.eligible_manifests]
+    for repo in dict.fromkeys(walked):
+        if not _REPOSITORY_LINE.match(repo) or not os.path.isdir(os.path.join(reader.repositories_dir, repo)):
+            return f"repository {repo}"
+    for repo, digest in parsed.marked_manifests + parsed.eligible_manifests:
+        if not _REPOSITORY_LINE.match(repo) or not reader.linked(
+            os.path.join(reader.repositories_dir, repo), digest, "revision"
+        ):
+            return f"manifest revision {repo}@{digest}"
+    return ""
 
 
 def _scan_after(reader: StorageReader, outcome: GCOutcome) -> None:

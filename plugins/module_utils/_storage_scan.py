@@ -29,7 +29,9 @@ Rules it keeps:
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -85,6 +87,56 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLO
 
 class ScanError(Exception):
     """The storage could not be scanned at all (wrong path, unreadable root)."""
+
+
+# -- one maintenance run at a time on a host -------------------------------------------------------
+# Scan, GC guard and tag retention (cron and modules alike) take this lock: two collectors on one store,
+# or retention deleting while the guard decides, would each act on a state the other is changing.
+DEFAULT_LOCK_FILE = "/run/lock/selfhosted-registry-tools.lock"
+LOCK_FILE_ENV = "REGISTRY_TOOLS_LOCK_FILE"
+DEFAULT_LOCK_WAIT = 300.0
+
+
+class HostLockError(Exception):
+    """The host-wide maintenance lock could not be taken (held by another run, or unusable)."""
+
+
+@contextlib.contextmanager
+def host_lock(what: str, path: str = "", wait: float = DEFAULT_LOCK_WAIT) -> t.Iterator[str]:
+    """Hold the host-wide maintenance lock (flock) for the block; wait at most ``wait`` seconds for it.
+
+    ``path`` defaults to $REGISTRY_TOOLS_LOCK_FILE, then DEFAULT_LOCK_FILE. The holder writes its PID and
+    ``what`` into the file so a refused run can name it. The kernel drops the lock when the process ends.
+    """
+    path = path or os.environ.get(LOCK_FILE_ENV) or DEFAULT_LOCK_FILE
+    if path == DEFAULT_LOCK_FILE:
+        # Containers and minimal systems may lack /run/lock (systemd-tmpfiles makes it on a full host).
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError as error:
+        raise HostLockError(f"lock file {path} cannot be opened ({error.strerror})") from None
+    try:
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+                    raise HostLockError(
+                        f"another registry maintenance run ({holder}) holds lock file {path}; "
+                        f"waited {wait:g} seconds, so this {what} did not start"
+                    ) from None
+                time.sleep(min(0.2, remaining))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} {what}\n".encode("utf-8"), 0)
+        yield path
+    finally:
+        os.close(fd)
 
 
 def is_digest(text: str) -> bool:
@@ -274,6 +326,11 @@ def parse_manifest(body: bytes, digest: str, verified: bool = False) -> Manifest
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise ValueError("not valid JSON (truncated or not a manifest)") from None
+    except RecursionError:
+        # The registry accepts JSON nested up to 10,000 levels; Python's parser recurses far less deep.
+        raise ValueError("JSON is nested too deeply to parse (not a usable manifest)") from None
+    except MemoryError:
+        raise ValueError("JSON is too large to parse in memory") from None
     if not isinstance(document, dict):
         raise ValueError("JSON is not an object, so not a manifest")
     media_type = document.get("mediaType")
@@ -1069,6 +1126,20 @@ def scan_storage(
     return StorageScanner(storage_root, repositories, min_age, on_finding).scan()
 
 
+def failed_scan_report(storage_root: str, message: str, started: float) -> t.Dict[str, t.Any]:
+    """The report of a scan that could not run, so a monitor never keeps reading the last good one."""
+    return {"storage_root": storage_root, "clean": False, "failed": True, "error": message, "started": started}
+
+
+def failed_scan_metrics(started: float) -> t.List[Metric]:
+    """Samples for a scan that could not run: failed, and not proven clean."""
+    return [
+        Metric("registry_storage_scan_failed", "1 when the last scan could not scan the storage.", "gauge", 1),
+        Metric("registry_storage_clean", "1 when the last scan found no harmful problem.", "gauge", 0),
+        Metric("registry_storage_scan_timestamp_seconds", "When the last scan started.", "gauge", int(started)),
+    ]
+
+
 def scan_metrics(result: ScanResult) -> t.List[Metric]:
     """Prometheus samples describing a scan, for node_exporter's textfile collector."""
     metrics = [
@@ -1083,6 +1154,7 @@ def scan_metrics(result: ScanResult) -> t.List[Metric]:
     ]
     metrics.extend(
         [
+            Metric("registry_storage_scan_failed", "1 when the last scan could not scan the storage.", "gauge", 0),
             Metric("registry_storage_clean", "1 when the last scan found no harmful problem.", "gauge", int(result.clean)),
             Metric("registry_storage_broken_tags", "Tags that reach a broken manifest.", "gauge", len(result.broken_tags)),
             Metric("registry_storage_repositories", "Repositories scanned.", "gauge", result.repositories),

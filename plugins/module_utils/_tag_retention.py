@@ -21,6 +21,7 @@ import base64
 import fnmatch
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -30,7 +31,7 @@ import urllib.parse
 import urllib.request
 
 from ._report_files import write_json_report
-from ._storage_scan import ScanError, StorageReader
+from ._storage_scan import DEFAULT_LOCK_FILE, DEFAULT_LOCK_WAIT, LOCK_FILE_ENV, HostLockError, ScanError, StorageReader, host_lock
 
 DEFAULT_KEEP_NEWEST = 10
 DEFAULT_MIN_AGE_DAYS = 7.0
@@ -43,6 +44,7 @@ GC_HINT = (
     "never --delete-untagged) to reclaim the blobs, then restart the registry."
 )
 _SECONDS_PER_DAY = 86400.0
+_COSIGN_TAG = re.compile(r"sha256-([0-9a-f]{64})\.(?:sig|att|sbom)")
 _ENV_USERNAME = "REGISTRY_USERNAME"
 _ENV_PASSWORD = "REGISTRY_PASSWORD"  # nosec - the name of a variable, not a secret
 
@@ -113,6 +115,8 @@ class RetentionResult(t.NamedTuple):
     kept: t.List[KeptTag]
     errors: t.List[str]
     repositories: int
+    # Tags the registry removed along with a deleted digest because they were pushed to it mid-run.
+    lost_tags: t.Tuple[KeptTag, ...] = ()
 
     def summary(self) -> t.Dict[str, t.Any]:
         return {
@@ -123,6 +127,7 @@ class RetentionResult(t.NamedTuple):
             "deleted_digests": len(self.deleted),
             "deleted_tags": sum(len(item.tags) for item in self.deleted),
             "kept_tags": len(self.kept),
+            "lost_tags": len(self.lost_tags),
             "errors": len(self.errors),
         }
 
@@ -133,6 +138,7 @@ class RetentionResult(t.NamedTuple):
             "deleted": [_deletion_dict(item) for item in self.deleted],
             "kept": [item._asdict() for item in self.kept],
             "errors": list(self.errors),
+            "lost_tags": [item._asdict() for item in self.lost_tags],
             "summary": self.summary(),
             "next_step": GC_HINT if self.deleted else "",
         }
@@ -254,10 +260,15 @@ def plan_repository(
     kept_reason: t.Dict[str, str] = {}
     newest_kept = 0
     min_age_seconds = policy.min_age_days * _SECONDS_PER_DAY
+    # cosign stores signatures, attestations and SBOMs as tags named after the digest they belong to: they
+    # follow that digest (decided below, once it is known whether it stays) and never count as newest.
+    subjects = {tag: subject for tag, subject in ((tag, cosign_subject(tag)) for tag in tags) if subject}
     # Newest first; the tag name breaks ties so the same storage always gives the same plan.
     for state in sorted(tags.values(), key=lambda item: (item.pushed_at, item.tag), reverse=True):
         if policy.protects_tag(state.tag):
             kept_reason[state.tag] = "protected"
+        elif state.tag in subjects:
+            continue
         elif newest_kept < policy.keep_newest:
             kept_reason[state.tag] = "newest"
             newest_kept += 1
@@ -301,7 +312,7 @@ def plan_repository(
 
     deletion_roots: t.Set[str] = set()
     for state in tags.values():
-        if state.tag in kept_reason:
+        if state.tag in kept_reason or state.tag in subjects:
             continue
         if state.digest in kept_roots:
             kept_reason[state.tag] = f"same_digest_as:{kept_roots[state.digest]}"
@@ -324,20 +335,62 @@ def plan_repository(
         if digest not in deletion and digest not in tags_by_digest and digest in revisions:
             deletion[digest] = f"child_of:{root}"
 
-    # Whatever an index that stays references must stay too, even if that index is untagged.
-    while True:
-        remaining = {digest: digest for digest in revisions if digest not in deletion}
-        blocked = {}
-        for digest in remaining:
-            for child in children(digest):
-                if child in deletion:
-                    blocked[child] = digest
-        if not blocked:
-            break
-        for digest, parent in blocked.items():
-            del deletion[digest]
-            for tag in tags_by_digest.get(digest, ()):
-                kept_reason[tag] = f"referenced_by_index:{parent}"
+    def keep_what_remaining_indexes_reference() -> None:
+        """Whatever an index that stays references must stay too, even if that index is untagged."""
+        while True:
+            remaining = {digest: digest for digest in revisions if digest not in deletion}
+            blocked = {}
+            for digest in remaining:
+                for child in children(digest):
+                    if child in deletion:
+                        blocked[child] = digest
+            if not blocked:
+                break
+            for digest, parent in blocked.items():
+                del deletion[digest]
+                for tag in tags_by_digest.get(digest, ()):
+                    kept_reason[tag] = f"referenced_by_index:{parent}"
+
+    keep_what_remaining_indexes_reference()
+    # Signature tags follow their subject: kept while it stays, deleted with it. One whose subject is
+    # no longer in the repository is old content like any other tag (age only; it never counts as newest).
+    for tag in sorted(subjects):
+        if tag in kept_reason:
+            continue
+        state, subject = tags[tag], subjects[tag]
+        if subject in deletion:
+            goes = True
+        elif subject in revisions:
+            kept_reason[tag] = f"signature_of:{subject}"
+            goes = False
+        elif now - state.pushed_at < min_age_seconds:
+            kept_reason[tag] = "too_young"
+            goes = False
+        else:
+            goes = True
+        if not goes:
+            continue
+        if state.digest in kept_roots or state.digest in protected:
+            kept_reason[tag] = f"same_digest_as:{kept_roots.get(state.digest) or protected[state.digest]}"
+        elif state.digest not in revisions:
+            kept_reason[tag] = "no_revision"
+        else:
+            deletion.setdefault(state.digest, f"signature_of:{subject}" if subject in deletion else "old_tags")
+    # A signature going away must not take a digest some other tag still needs.
+    for digest in list(deletion):
+        if deletion[digest].startswith("signature_of:") or deletion[digest] == "old_tags":
+            holders = [tag for tag in tags_by_digest.get(digest, ()) if tag in kept_reason]
+            if holders:
+                del deletion[digest]
+                for tag in tags_by_digest.get(digest, ()):
+                    kept_reason.setdefault(tag, f"same_digest_as:{holders[0]}")
+    keep_what_remaining_indexes_reference()
+    # A signature whose subject ended up kept (an index still references it) stays too.
+    for tag, subject in subjects.items():
+        if subject not in deletion and subject in revisions and tags[tag].digest in deletion:
+            del deletion[tags[tag].digest]
+            for other in tags_by_digest.get(tags[tag].digest, ()):
+                kept_reason[other] = f"signature_of:{subject}"
 
     for tag, reason in kept_reason.items():
         kept.append(KeptTag(repository, tag, tags[tag].digest, reason))
@@ -358,6 +411,12 @@ def plan_repository(
             + ", so what it references is unknown; nothing is deleted in this repository.",
         )
     return plan
+
+
+def cosign_subject(tag: str) -> str:
+    """The digest a cosign signature, attestation or SBOM tag (``sha256-<hex>.sig|.att|.sbom``) belongs to, or ""."""
+    match = _COSIGN_TAG.fullmatch(tag)
+    return f"sha256:{match.group(1)}" if match else ""
 
 
 def cancel_deletions(plan: RepositoryPlan, problem: str) -> RepositoryPlan:
@@ -427,6 +486,7 @@ class RegistryDeleteClient:
             # Credentials in a URL end up in logs and process lists; refuse them without echoing them.
             raise TagRetentionError("the registry URL must not contain credentials; use a password file or the environment.")
         self.url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+        self.ca_file = ca_file if parsed.scheme == "https" else None
         self.username = username
         self._authorization: t.Optional[str] = None
         if username:
@@ -462,9 +522,16 @@ class RegistryDeleteClient:
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
             if isinstance(reason, ssl.SSLCertVerificationError):
+                if self.ca_file:
+                    hint = (
+                        f"check that CA file {self.ca_file} signed it and that it names the URL's host "
+                        f"{urllib.parse.urlsplit(self.url).hostname}"
+                    )
+                else:
+                    hint = "give its CA file"
                 raise TagRetentionError(
                     f"registry {self.url} presented a certificate that does not verify "
-                    f"({reason.verify_message}) while {what}; give its CA file."
+                    f"({reason.verify_message}) while {what}; {hint}."
                 ) from None
             raise TagRetentionError(f"registry {self.url} is unreachable while {what}: {reason}.") from None
 
@@ -511,7 +578,8 @@ def _error_code(body: str) -> str:
         errors = json.loads(body).get("errors") or []
         code = errors[0].get("code", "")
         return code if isinstance(code, str) and code.isidentifier() else ""
-    except (ValueError, AttributeError, IndexError, TypeError):
+    except (ValueError, AttributeError, IndexError, TypeError, RecursionError, MemoryError):
+        # An error body is only a hint; a hostile one must not stop the run.
         return ""
 
 
@@ -578,6 +646,7 @@ def run_retention(
     planned: t.List[PlannedDeletion] = []
     deleted: t.List[PlannedDeletion] = []
     kept: t.List[KeptTag] = []
+    lost: t.List[KeptTag] = []
     stopped: t.Optional[str] = None
     for directory, plan in plans:
         for item in plan.kept:
@@ -592,8 +661,8 @@ def run_retention(
                 emit(f"WOULD DELETE {_describe(item)}")
             continue
         if stopped is None and client is not None:  # apply without a client was refused above
-            stopped = _apply_repository(storage, directory, plan, client, deleted, errors, emit)
-    result = RetentionResult(not apply, planned, deleted, kept, errors, len(plans))
+            stopped = _apply_repository(storage, directory, plan, client, deleted, errors, emit, lost)
+    result = RetentionResult(not apply, planned, deleted, kept, errors, len(plans), tuple(lost))
     summary = " ".join(f"{key}={value}" for key, value in result.summary().items())
     emit(f"SUMMARY {summary}")
     if deleted:
@@ -613,6 +682,7 @@ def _apply_repository(
     deleted: t.List[PlannedDeletion],
     errors: t.List[str],
     emit: Emit,
+    lost: t.List[KeptTag],
 ) -> t.Optional[str]:
     """Delete one repository's plan in order; returns a message when the whole run must stop."""
     expected = {tag: state.pushed_at for tag, state in plan.tags.items()}
@@ -648,6 +718,27 @@ def _apply_repository(
         for tag in item.tags:
             expected.pop(tag, None)
         emit(f"DELETE {_describe(item)}")
+        # The registry removes every tag that points to the digest when it deletes: one pushed there between
+        # the check above and the DELETE went with it. Re-read the tags to name any such loss.
+        after = storage.tag_push_times(directory)
+        gone = sorted(tag for tag in expected if after is not None and tag not in after)
+        for tag in gone:
+            message = (
+                f"{item.repository}:{tag} was removed together with {item.digest}: it was pushed to that digest "
+                "while it was being deleted; push the tag again."
+            )
+            errors.append(message)
+            lost.append(KeptTag(item.repository, tag, item.digest, "removed_with_deleted_digest"))
+            emit(f"SIDE EFFECT repo={item.repository} tag={tag} digest={item.digest}")
+            emit(f"ERROR {message}")
+        if after is None or gone or after != expected:
+            message = (
+                f"{item.repository}: tags changed while deleting {item.digest}; "
+                "its remaining deletions are skipped (run again)."
+            )
+            errors.append(message)
+            emit(f"ERROR {message}")
+            return None
     return None
 
 
@@ -698,6 +789,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--exclude", action="append", metavar="GLOB", default=[], help="repository pattern to skip")
     parser.add_argument("--report", help="also write the decisions as a JSON report to this file")
     parser.add_argument("--apply", action="store_true", help="really delete (without it, only print the plan)")
+    parser.add_argument(
+        "--lock-file",
+        default="",
+        help=f"host-wide lock shared with the storage scan and the GC guard, so they never run at once "
+        f"(default: ${LOCK_FILE_ENV} or {DEFAULT_LOCK_FILE})",
+    )
+    parser.add_argument(
+        "--lock-wait", type=float, default=DEFAULT_LOCK_WAIT,
+        help="seconds to wait for another run to finish before giving up with exit 2 (default: %(default)g)",
+    )
     return parser
 
 
@@ -753,13 +854,15 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
                 args.registry_url, username, password, args.ca_file, not args.insecure, args.timeout
             )
             report["registry_url"] = client.url
-        result = run_retention(args.storage_root, policy, client, apply=args.apply, emit=emit)
+        with host_lock("tag retention", args.lock_file, args.lock_wait):
+            result = run_retention(args.storage_root, policy, client, apply=args.apply, emit=emit)
         report.update(result.as_dict())
         status = 2 if result.errors else 0
-    except TagRetentionError as error:
+    except (TagRetentionError, HostLockError) as error:
+        message = str(error) if str(error).endswith(".") else f"{error}."
         # The report says so too, so a monitor reading only the report sees the failed run.
-        report["errors"] = [str(error)]
-        _fail(str(error))
+        report["errors"] = [message]
+        _fail(message)
     report["ok"] = status == 0
     if args.report:
         try:

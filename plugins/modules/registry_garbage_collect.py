@@ -17,7 +17,8 @@ description:
   - Otherwise runs C(before_command) (stop the registry or make it read-only), the real collection, then
     C(after_command) (start or restart the registry; a running registry's blob-descriptor cache keeps answering
     for deleted blobs), scans the storage and reports what was reclaimed.
-  - C(after_command) runs whenever C(before_command) ran or the collection was attempted, even on failure or refusal.
+  - C(after_command) runs whenever C(before_command) ran or the collection was attempted, even on failure, refusal,
+    a timeout (O(gc_timeout)) or SIGTERM/SIGHUP; the collector is stopped first (O(gc_stop_command)).
   - Exit status 1 of C(garbage-collect) has several causes; the module tells them apart in RV(failure_kind).
   - The same guard runs on the registry host without Ansible as C(python3 -m registry_tools._registry_tools_cli gc).
 author:
@@ -51,10 +52,26 @@ options:
   config_path:
     description:
       - The registry configuration file as the O(gc_command) sees it (inside the container when the command
-        runs in one). It must name the same storage as O(storage_root); the module checks that every repository
-        the collector walks exists under O(storage_root).
+        runs in one).
+      - It must name the same storage as O(storage_root). Before any command runs, the module reads its
+        C(storage.filesystem.rootdirectory) (from O(config_on_host) when given) and refuses unless its real path is
+        the real path of O(storage_root), or, with O(storage_root_in_config), unless it is that path. After the dry
+        run, every repository and manifest revision the collector walked must be in O(storage_root), or nothing
+        more runs (RV(failure_kind=storage_mismatch)).
+      - The environment variable C(REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY), which the registry reads over its
+        file, is honoured when the collector runs on this host.
     type: str
     required: true
+  config_on_host:
+    description:
+      - The same configuration file as the host the module runs on sees it, when O(config_path) is a path inside
+        the collector's container. Defaults to O(config_path).
+    type: path
+  storage_root_in_config:
+    description:
+      - When the collector runs in a container that mounts O(storage_root) at this path, the C(rootdirectory) the
+        configuration must name. Leave it out when the collector runs on this host (real paths are compared).
+    type: str
   delete_untagged:
     description:
       - Pass C(--delete-untagged) to C(garbage-collect). The module refuses the run when it would delete
@@ -85,10 +102,45 @@ options:
     type: list
     elements: str
     default: []
+  registry_offline:
+    description:
+      - Say that the registry is stopped or read-only for the whole run although no O(before_command) makes it so.
+      - Without a O(before_command) or this, the real collection is refused (RV(failure_kind=registry_writable)),
+        because a push landing between the dry run and the collection is not in the verdict and could be broken.
+        Check mode runs either way.
+    type: bool
+    default: false
   timeout:
     description: Seconds each command may take.
     type: int
     default: 3600
+  gc_timeout:
+    description:
+      - Seconds the collector (the dry run, then the collection) may run. When it is exceeded the collector's whole
+        process group is killed, O(gc_stop_command) runs, then O(after_command), before the module fails.
+      - Defaults to O(timeout).
+    type: int
+  gc_stop_command:
+    description:
+      - Command (argument list, no shell) run when the collector had to be stopped (timeout, SIGTERM, SIGHUP), after its
+        process group is killed and before O(after_command) makes the registry writable again.
+      - Needed when killing the O(gc_command) does not stop the collector, as with C(docker compose run). Give the
+        one-off container a name (C(--name registry-gc)) and remove it here (C([docker, rm, --force, registry-gc])).
+    type: list
+    elements: str
+    default: []
+  lock_path:
+    description:
+      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
+        line alike), so two of them never run on the registry host at once.
+      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
+        and runs nothing.
+    type: int
+    default: 300
   report_path:
     description: Write the outcome as JSON to this file (atomically).
     type: path
@@ -102,6 +154,9 @@ notes:
     revision link is gone (a dangling tag) therefore still blocks a plain collection that would sweep its
     manifest, config and layers, because those are what re-linking the revision needs.
   - Tag history (C(_manifests/tags/<tag>/index)) does not protect anything, as in the registry itself.
+  - Fails closed. The registry's collector follows symbolic links that the guard never follows, so anything the
+    guard cannot read could hide a blocker. When the guard cannot read a repository, C(_manifests) or tag path, or a
+    manifest that a tag reaches, it refuses the collection with RV(failure_kind=unreadable_storage).
 seealso:
   - module: selfhosted.registry.registry_orphan_scan
 """
@@ -110,8 +165,13 @@ EXAMPLES = r"""
 - name: Collect garbage with the registry stopped
   selfhosted.registry.registry_garbage_collect:
     storage_root: /srv/registry/data
+    # The collector runs in a one-off container that mounts /srv/registry/data at /var/lib/registry.
     config_path: /etc/docker/registry/config.yml
-    gc_command: [docker, compose, -f, /opt/registry/compose.yml, run, --rm, --no-deps, registry, registry]
+    config_on_host: /opt/registry/config.yml
+    storage_root_in_config: /var/lib/registry
+    gc_command: [docker, compose, -f, /opt/registry/compose.yml, run, --rm, --no-deps, --name, registry-gc, registry, registry]
+    gc_stop_command: [docker, rm, --force, registry-gc]
+    gc_timeout: 7200
     before_command: [docker, compose, -f, /opt/registry/compose.yml, stop, registry]
     after_command: [docker, compose, -f, /opt/registry/compose.yml, up, -d, registry]
   register: gc
@@ -139,8 +199,11 @@ message:
   sample: deleted 0 manifest(s) and 1 blob(s), 42 bytes
 failure_kind:
   description: >-
-    Why it failed: C(configuration), C(missing_tags_directory), C(damaged_storage), C(storage_mismatch),
-    C(hook), C(command), C(unknown); empty when it did not fail.
+    Why it failed: C(configuration), C(missing_tags_directory), C(damaged_storage),
+    C(storage_mismatch) (the configuration does not name O(storage_root)), C(unreadable_storage) (a repository,
+    C(_manifests) or tag path that is a symbolic link or cannot be read, or a manifest reached from a tag that
+    cannot be read; the collection is refused), C(hook), C(command), C(unknown);
+    empty when it did not fail.
   returned: always
   type: str
   sample: ""
@@ -243,6 +306,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._report_files 
     write_json_report,
     write_metrics,
 )
+from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import HostLockError, host_lock
 
 
 def main() -> None:
@@ -250,32 +314,47 @@ def main() -> None:
         argument_spec=dict(
             storage_root=dict(type="path", required=True),
             config_path=dict(type="str", required=True),
+            config_on_host=dict(type="path"),
+            storage_root_in_config=dict(type="str"),
             delete_untagged=dict(type="bool", default=False),
             gc_command=dict(type="list", elements="str", default=["docker-registry"]),
             before_command=dict(type="list", elements="str", default=[]),
             after_command=dict(type="list", elements="str", default=[]),
+            registry_offline=dict(type="bool", default=False),
             timeout=dict(type="int", default=3600),
+            gc_timeout=dict(type="int"),
+            gc_stop_command=dict(type="list", elements="str", default=[]),
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
+            lock_path=dict(type="path"),
+            lock_timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )
     params = module.params
     if params["timeout"] <= 0:
         module.fail_json(msg=f"timeout must be positive, got {params['timeout']}")
+    if params["gc_timeout"] is not None and params["gc_timeout"] <= 0:
+        module.fail_json(msg=f"gc_timeout must be positive, got {params['gc_timeout']}")
     options = GCOptions(
         storage_root=params["storage_root"],
         config_path=params["config_path"],
+        config_on_host=params["config_on_host"] or "",
+        storage_root_in_config=params["storage_root_in_config"] or "",
         delete_untagged=params["delete_untagged"],
         gc_command=tuple(params["gc_command"]),
         before_command=tuple(params["before_command"]),
         after_command=tuple(params["after_command"]),
         check_mode=module.check_mode,
         timeout=float(params["timeout"]),
+        gc_timeout=float(params["gc_timeout"] or 0),
+        gc_stop_command=tuple(params["gc_stop_command"]),
+        registry_offline=params["registry_offline"],
     )
     try:
-        outcome = run_guarded_gc(options)
-    except GCGuardError as error:
+        with host_lock("guarded garbage collection", params["lock_path"] or "", float(params["lock_timeout"])):
+            outcome = run_guarded_gc(options)
+    except (GCGuardError, HostLockError) as error:
         module.fail_json(msg=str(error))
     result = outcome.as_dict()
     result.pop("check_mode")

@@ -48,14 +48,29 @@ options:
   report_path:
     description:
       - Write the full result as JSON to this file (atomically, so readers never see half a file).
+      - When the storage cannot be scanned at all, the file still says so (C(failed=true), C(clean=false), C(error)),
+        so a monitor never keeps reading the last good report.
       - Written in check mode too, because the report is the output of the scan, not a change to the registry.
     type: path
   metrics_path:
     description:
       - Write Prometheus samples (C(registry_storage_findings{kind=...}), C(registry_storage_clean), ...)
         to this file for node_exporter's textfile collector; the name must end in C(.prom).
+      - C(registry_storage_scan_failed) is 1 (and C(registry_storage_clean) 0) when the storage could not be scanned.
       - Written in check mode too, like O(report_path).
     type: path
+  lock_path:
+    description:
+      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
+        line alike), so two of them never run on the registry host at once.
+      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
+        and runs nothing.
+    type: int
+    default: 300
   fail_on_findings:
     description:
       - Fail the task when the storage is not clean.
@@ -199,6 +214,8 @@ log_lines:
     - "ORPHAN INDEX repo=infra-ci digest=sha256:1879... media_type=application/vnd.oci.image.index.v1+json missing=sha256:78b6... tags=latest history_tags=-"
 """
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import (
@@ -206,7 +223,11 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._report_files 
     write_metrics,
 )
 from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import (
+    HostLockError,
     ScanError,
+    failed_scan_metrics,
+    failed_scan_report,
+    host_lock,
     scan_metrics,
     scan_storage,
 )
@@ -221,15 +242,27 @@ def main() -> None:
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
             fail_on_findings=dict(type="bool", default=False),
+            lock_path=dict(type="path"),
+            lock_timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
     )
     params = module.params
     if params["min_age"] < 0:
         module.fail_json(msg=f"min_age must not be negative, got {params['min_age']}")
+    started = time.time()
     try:
-        result = scan_storage(params["storage_root"], repositories=params["repositories"], min_age=params["min_age"])
-    except ScanError as error:
+        with host_lock("storage scan", params["lock_path"] or "", float(params["lock_timeout"])):
+            result = scan_storage(params["storage_root"], repositories=params["repositories"], min_age=params["min_age"])
+    except (ScanError, HostLockError) as error:
+        # The report and metrics still say the scan failed, so monitoring does not keep the last good state.
+        try:
+            if params["report_path"]:
+                write_json_report(params["report_path"], failed_scan_report(params["storage_root"], str(error), started))
+            if params["metrics_path"]:
+                write_metrics(params["metrics_path"], failed_scan_metrics(started))
+        except OSError as write_error:
+            module.warn(f"cannot write {write_error.filename}: {write_error.strerror}")
         module.fail_json(msg=str(error))
     report = result.as_report()
     try:

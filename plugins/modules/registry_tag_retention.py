@@ -25,6 +25,13 @@ description:
     RV(errors), because what cannot be read might be what needs a candidate.
   - Before each delete the repository's tag links are checked again (names and modification times); if a push
     changed them since the plan was made, the rest of that repository is skipped and reported in RV(errors).
+    After each delete they are read again, and a tag the registry removed along with the digest (one pushed to that
+    digest while it was being deleted) is returned in RV(lost_tags) and RV(errors), and the rest of the repository
+    is skipped.
+  - Signatures, attestations and SBOMs that cosign stores as tags named after a digest
+    (C(sha256-<hex>.sig), C(.att), C(.sbom)) belong to that digest. They are kept while it stays, deleted with it,
+    and never count towards O(keep_newest). One whose digest is no longer in the repository is deleted once it is
+    older than O(min_age_days).
   - Deleting manifests frees no space by itself. Run the garbage-collection guard afterwards (plain
     C(garbage-collect), never C(--delete-untagged)) and restart the registry.
   - Dry run by default. Nothing is deleted unless O(dry_run=false).
@@ -110,6 +117,18 @@ options:
       - Only plan and report. Set to V(false) to delete.
     type: bool
     default: true
+  lock_path:
+    description:
+      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
+        line alike), so two of them never run on the registry host at once.
+      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
+    type: path
+  lock_timeout:
+    description:
+      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
+        and runs nothing.
+    type: int
+    default: 300
   report_path:
     description:
       - Also write the result as JSON to this file on the registry host, atomically.
@@ -222,7 +241,9 @@ deleted:
       elements: str
       sample: [build-41]
     reason:
-      description: V(old_tags), or V(child_of:<index digest>) for an untagged child deleted with its index.
+      description: >-
+        V(old_tags), V(child_of:<index digest>) for an untagged child deleted with its index, or
+        V(signature_of:<digest>) for a cosign signature, attestation or SBOM deleted with the digest it names.
       type: str
       sample: old_tags
 planned:
@@ -260,10 +281,23 @@ kept:
         - V(referenced_by_tag:<tag>) when a kept tag's index reaches it.
         - V(referenced_by_index:<digest>) when an index that stays (tagged or not) references it.
         - V(no_revision) when its manifest has no revision link, so the API cannot delete it.
+        - V(signature_of:<digest>) for a cosign signature, attestation or SBOM tag whose digest stays.
         - V(repository_not_readable) when the policy would delete it but something in its repository cannot be
           read (see RV(errors)).
       type: str
       sample: referenced_by_tag:latest
+lost_tags:
+  description:
+    - Tags the registry removed along with a deleted digest because they were pushed to it while it was being
+      deleted (found by reading the tag links again after each delete). Push them again.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - repository: app
+      tag: stable
+      digest: "sha256:2a62f5e67a414142e16d961895f32bd502a42387c44724d035098afb1a823a57"
+      reason: removed_with_deleted_digest
 errors:
   description: One sentence per problem; a repository named here was left untouched from that point on.
   returned: always
@@ -303,6 +337,10 @@ summary:
       description: Tags kept.
       type: int
       sample: 7
+    lost_tags:
+      description: Number of RV(lost_tags).
+      type: int
+      sample: 0
     errors:
       description: Number of RV(errors).
       type: int
@@ -321,6 +359,7 @@ from ansible.module_utils.basic import AnsibleModule
 # The shared connection spec imports requests only when a client is built, so this host-side module can use it.
 from ..module_utils._registry_options import registry_connection_argument_spec
 from ..module_utils._report_files import write_json_report
+from ..module_utils._storage_scan import HostLockError, host_lock
 from ..module_utils._tag_retention import (
     DEFAULT_KEEP_NEWEST,
     DEFAULT_MIN_AGE_DAYS,
@@ -344,6 +383,8 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         exclude_repositories=dict(type="list", elements="str", default=[]),
         dry_run=dict(type="bool", default=True),
         report_path=dict(type="path"),
+        lock_path=dict(type="path"),
+        lock_timeout=dict(type="int", default=300),
     )
 
 
@@ -409,8 +450,9 @@ def main() -> None:
             params["validate_certs"],
             float(params["timeout"]),
         )
-        result = run_retention(params["storage_root"], policy, client, apply=not dry_run)
-    except TagRetentionError as error:
+        with host_lock("tag retention", params["lock_path"] or "", float(params["lock_timeout"])):
+            result = run_retention(params["storage_root"], policy, client, apply=not dry_run)
+    except (TagRetentionError, HostLockError) as error:
         module.fail_json(msg=str(error), errors=[str(error)])
 
     shaped = result.as_dict()

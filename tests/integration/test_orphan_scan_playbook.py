@@ -53,7 +53,8 @@ def test_scan_finds_the_incident_and_the_guard_refuses_then_collects(
     registry.stop()
     results = tmp_path / "results.json"
     common = {"storage_root": "{{ storage_root }}"}
-    gc = dict(common, config_path="{{ config_path }}", gc_command=[REGISTRY_BINARY])
+    # The registry was stopped above, for the whole run.
+    gc = dict(common, config_path="{{ config_path }}", gc_command=[REGISTRY_BINARY], registry_offline=True)
     tasks = [
         {"name": "Scan", "selfhosted.registry.registry_orphan_scan": dict(common, report_path="{{ report }}"),
          "register": "scan"},

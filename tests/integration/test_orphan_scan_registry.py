@@ -84,3 +84,47 @@ def test_api_delete_of_a_child_then_plain_gc_is_found(registry, pusher):
     result = scan_storage(str(registry.storage_root))
     orphan = [finding for finding in result.findings if finding.kind == ORPHAN_INDEX]
     assert len(orphan) == 1 and orphan[0].missing == (child.digest,) and orphan[0].tags == ("latest",)
+
+
+def test_layer_links_a_plain_gc_leaves_behind_are_listed_and_exit_0(registry, pusher, tmp_path):
+    """The choice stated in the CLI help and README: an orphan layer link nothing references is exit 0.
+
+    The registry's own plain GC deletes blob data and keeps the repository's _layers links, so every
+    collection of a deleted image leaves them; nothing can pull through them (no manifest names them,
+    and a re-push uploads again because the data is gone). Exit 1 for them would make every scan after
+    every GC red. A layer link without data that a manifest does reference is exit 1 (broken manifest).
+    """
+    image = pusher.push_image("app", "v1", seed="deleted")
+    pusher.push_image("app", "v2", seed="kept")
+    assert pusher.delete_manifest("app", image.digest).status_code == 202
+    registry.stop()
+    assert registry.garbage_collect().returncode == 0
+    layer_links = registry.tree / "repositories" / "app" / "_layers" / "sha256"
+    left = [d for d in image.blob_digests if (layer_links / d[7:] / "link").exists()]
+    assert left == image.blob_digests, "the registry's GC no longer leaves layer links behind"
+
+    completed = run_installed_scan(tmp_path, "--storage-root", str(registry.storage_root))
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("ORPHAN LAYER LINK ")]
+    assert sorted(line.split(" digest=")[1].split(" ")[0] for line in lines) == sorted(image.blob_digests)
+    assert all(" referenced=no " in line for line in lines)
+    assert completed.stdout.splitlines()[-1].startswith("SUMMARY clean=yes ")
+    assert f"orphan_layer_link={len(image.blob_digests)}" in completed.stdout
+    helped = run_installed_scan(tmp_path, "--help")
+    assert "referenced=no" in helped.stdout and "keeps exit 0" in helped.stdout
+
+    # The same link is exit 1 once a manifest references it: then a tag is broken.
+    kept = pusher_kept_layer(registry)
+    (registry.tree / "blobs" / "sha256" / kept[7:9] / kept[7:] / "data").unlink()
+    broken = run_installed_scan(tmp_path, "--storage-root", str(registry.storage_root))
+    assert broken.returncode == 1
+    assert any(line.startswith("ORPHAN LAYER LINK ") and kept in line and " referenced=yes " in line
+               for line in broken.stdout.splitlines())
+
+
+def pusher_kept_layer(registry) -> str:
+    """The layer digest of app:v2 read from storage (its manifest's last layer)."""
+    tag_link = registry.tree / "repositories" / "app" / "_manifests" / "tags" / "v2" / "current" / "link"
+    digest = tag_link.read_text()
+    manifest = json.loads((registry.tree / "blobs" / "sha256" / digest[7:9] / digest[7:] / "data").read_text())
+    return manifest["layers"][-1]["digest"]

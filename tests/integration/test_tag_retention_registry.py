@@ -484,3 +484,72 @@ def test_an_unreachable_registry_is_one_sentence() -> None:
 
     with pytest.raises(TagRetentionError, match=r"^registry http://127\.0\.0\.1:\d+ is unreachable while checking access: .*\.$"):
         RegistryDeleteClient(f"http://127.0.0.1:{free_port()}", timeout=5).check_access()
+
+
+def test_a_tag_pushed_to_a_digest_while_it_is_deleted_is_reported_lost(
+    registry: RegistryServer, pusher: ImagePusher
+) -> None:
+    """A rollback pushes 'stable' to an old digest between the last check and the DELETE: the registry
+    removes 'stable' with the digest, and the run must say so."""
+    old = pusher.push_image("app", "old", seed="old")
+    set_age(registry, "app", "old", 50)
+    pusher.push_image("app", "stable", seed="stable")
+    pusher.push_image("app", "other-old", seed="other-old")
+    set_age(registry, "app", "other-old", 40)
+
+    class RacingClient(RegistryDeleteClient):
+        def delete_manifest(self, repository: str, digest: str) -> None:
+            if digest == old.digest:
+                pusher.tag("app", "stable", old.manifest_bytes, old.media_type)
+            super().delete_manifest(repository, digest)
+
+    lines: t.List[str] = []
+    result = run_retention(
+        str(registry.storage_root),
+        RetentionPolicy(keep_newest=1, min_age_days=1, protected_tags=("stable",)),
+        RacingClient(registry.url),
+        apply=True,
+        emit=lines.append,
+    )
+    assert [item.digest for item in result.deleted] == [old.digest]
+    assert [(item.tag, item.digest) for item in result.lost_tags] == [("stable", old.digest)]
+    assert f"SIDE EFFECT repo=app tag=stable digest={old.digest}" in lines
+    assert any("app:stable was removed together with" in error for error in result.errors)
+    # The repository's remaining deletions were skipped: other-old is still there.
+    assert assert_pulls(pusher, "app", "other-old") == 3
+    assert pusher.get_manifest("app", "stable").status_code == 404
+
+
+def test_cosign_signatures_follow_their_image_on_the_real_registry(
+    registry: RegistryServer, pusher: ImagePusher
+) -> None:
+    kept = pusher.push_image("app", "v2", seed="v2")
+    gone = pusher.push_image("app", "v1", seed="v1")
+    set_age(registry, "app", "v1", 30)
+    set_age(registry, "app", "v2", 20)
+    signatures = {}
+    for subject in (kept, gone):
+        for kind in ("sig", "att"):
+            tag = f"sha256-{subject.digest[7:]}.{kind}"
+            signatures[tag] = pusher.push_image("app", tag, seed=f"{tag}")
+            set_age(registry, "app", tag, 10)
+    result, _lines = run(registry, keep_newest=1, protected_tags=())
+    assert result.errors == []
+    deleted = {tag for item in result.deleted for tag in item.tags}
+    assert deleted == {"v1", f"sha256-{gone.digest[7:]}.sig", f"sha256-{gone.digest[7:]}.att"}
+    assert set(pusher.list_tags("app")) == {"v2", f"sha256-{kept.digest[7:]}.sig", f"sha256-{kept.digest[7:]}.att"}
+    for tag in pusher.list_tags("app"):
+        assert assert_pulls(pusher, "app", tag) == 3
+
+
+def test_a_certificate_that_fails_with_a_ca_file_given_names_that_file(
+    registry_tls: RegistryServer, tmp_path: pathlib.Path
+) -> None:
+    from tests.harness.tls import make_self_signed
+
+    other_ca = make_self_signed(tmp_path, "some other CA", "other-ca")
+    with pytest.raises(TagRetentionError) as raised:
+        RegistryDeleteClient(registry_tls.url, ca_file=str(other_ca.cert_path)).check_access()
+    message = str(raised.value)
+    assert "give its CA file" not in message
+    assert f"check that CA file {other_ca.cert_path} signed it and that it names the URL's host 127.0.0.1." in message

@@ -190,14 +190,15 @@ class StorageTree:
         return rows
 
 
-TOOL_FILES = ("_storage_scan.py", "_gc_guard.py", "_report_files.py", "_registry_tools_cli.py")
+# The files the registry_vm role installs (registry_vm_tools_files).
+TOOL_FILES = ("_storage_scan.py", "_gc_guard.py", "_report_files.py", "_registry_tools_cli.py", "_tag_retention.py")
 MODULE_UTILS = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "plugins", "module_utils"
 )
 
 
 def install_registry_tools(destination: str) -> str:
-    """Lay the four stdlib files out as the role does (package ``registry_tools``); return its parent."""
+    """Lay the stdlib files out as the role does (package ``registry_tools``); return its parent."""
     package = os.path.join(str(destination), "registry_tools")
     os.makedirs(package, exist_ok=True)
     for name in TOOL_FILES:

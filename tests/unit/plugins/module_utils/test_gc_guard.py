@@ -18,6 +18,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._gc_guard impo
     GCGuardError,
     GCOptions,
     classify_failure,
+    configured_rootdirectory,
     find_blockers,
     parse_gc_output,
     run_command,
@@ -176,7 +177,13 @@ def test_same_digest_in_another_repository_is_not_confused(tree):
 
 # -- the whole run ---------------------------------------------------------------------------------
 def guarded(tree, tmp_path, **overrides):
-    values = dict(storage_root=tree.root, config_path=write_config(tmp_path, tree.root), gc_command=(REGISTRY_BINARY,))
+    # No registry serves these trees, so it is offline for the whole run.
+    values = dict(
+        storage_root=tree.root,
+        config_path=write_config(tmp_path, tree.root),
+        gc_command=(REGISTRY_BINARY,),
+        registry_offline=True,
+    )
     values.update(overrides)
     return run_guarded_gc(GCOptions(**values))
 
@@ -259,7 +266,53 @@ def test_collector_reading_other_storage_is_caught(tree, tmp_path):
     other.image("there", "v1", seed="t")
     outcome = guarded(tree, tmp_path, config_path=write_config(tmp_path, other.root, "other.yml"))
     assert outcome.status == "error" and outcome.failure_kind == "storage_mismatch"
-    assert "there" in outcome.message and os.path.isdir(other.repo_dir("there"))
+    assert f"names rootdirectory {other.root}" in outcome.message and os.path.isdir(other.repo_dir("there"))
+    assert outcome.commands == []
+    # A configuration whose real path is the same storage passes, whichever spelling it uses.
+    os.symlink(tree.root, str(tmp_path / "alias"))
+    same = guarded(tree, tmp_path, config_path=write_config(tmp_path, str(tmp_path / "alias"), "alias.yml"))
+    assert same.failure_kind == "", same.message
+
+
+def test_dry_run_walk_of_other_storage_is_caught(tree, tmp_path):
+    tree.image("here", "v1", seed="h")
+    other = StorageTree(str(tmp_path / "other"))
+    other.image("there", "v1", seed="t")
+    outcome = guarded(
+        tree,
+        tmp_path,
+        config_path=write_config(tmp_path, other.root, "other.yml"),
+        config_on_host=write_config(tmp_path, "/var/lib/registry", "host-view.yml"),
+        storage_root_in_config="/var/lib/registry",
+    )
+    assert outcome.status == "error" and outcome.failure_kind == "storage_mismatch"
+    assert "repository there" in outcome.message
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: /srv/a # data\n", "/srv/a"),
+        ("storage:\n  cache:\n    blobdescriptor: inmemory\n  filesystem:\n    rootdirectory: '/srv/b c'\n", "/srv/b c"),
+        ("storage:\n  filesystem:\n    maxthreads: 100\nhttp:\n  rootdirectory: /not/this\n", "/var/lib/registry"),
+        ('"storage":\n    "filesystem":\n        "rootdirectory": "/srv/c"\n', "/srv/c"),
+    ],
+)
+def test_configured_rootdirectory(text, expected):
+    assert configured_rootdirectory(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("storage:\n  s3:\n    bucket: x\n", "no filesystem storage"),
+        ("storage:\n  filesystem: {rootdirectory: /x}\n", "not written as a block mapping"),
+        ("storage:\n  filesystem:\n    rootdirectory:\n", "is empty"),
+    ],
+)
+def test_configurations_the_guard_cannot_follow_are_refused(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        configured_rootdirectory(text)
 
 
 def test_deletions_the_dry_run_did_not_list_are_caught_by_storage_evidence(tree, tmp_path):

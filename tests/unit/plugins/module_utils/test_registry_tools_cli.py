@@ -89,6 +89,7 @@ def test_findings_exit_1_one_line_each_plus_report_and_metrics(tree, tools, tmp_
     prom = metrics.read_text()
     assert 'registry_storage_findings{kind="orphan_index"} 1' in prom
     assert "registry_storage_clean 0" in prom
+    assert "registry_storage_scan_failed 0" in prom
 
 
 def test_could_not_scan_exits_2_with_one_error_line(tools, tmp_path):
@@ -96,6 +97,21 @@ def test_could_not_scan_exits_2_with_one_error_line(tools, tmp_path):
     assert completed.returncode == 2
     assert completed.stderr == f"ERROR storage root {tmp_path / 'missing'} does not exist\n"
     assert completed.stdout == ""
+
+
+def test_could_not_scan_still_writes_a_failed_report_and_metrics(tools, tmp_path):
+    report, metrics = tmp_path / "scan.json", tmp_path / "scan.prom"
+    # A previous good run's files must not survive as the current state.
+    report.write_text('{"clean": true}')
+    metrics.write_text("registry_storage_clean 1\n")
+    completed = tools("scan", "--storage-root", str(tmp_path / "missing"), "--json-report", str(report),
+                      "--metrics-file", str(metrics))
+    assert completed.returncode == 2
+    data = json.loads(report.read_text())
+    assert data["failed"] is True and data["clean"] is False
+    assert data["error"] == f"storage root {tmp_path / 'missing'} does not exist"
+    prom = metrics.read_text()
+    assert "registry_storage_scan_failed 1" in prom and "registry_storage_clean 0" in prom
 
 
 @pytest.mark.parametrize(

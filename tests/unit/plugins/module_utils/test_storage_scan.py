@@ -649,3 +649,77 @@ def test_is_digest_is_strict():
     assert is_digest(good)
     for bad in (good + "\n", good.upper(), "sha256:" + "g" * 64, "sha512:" + "a" * 64, good[:-1], ""):
         assert not is_digest(bad)
+
+
+@pytest.mark.parametrize("error", [RecursionError, MemoryError])
+def test_json_the_parser_cannot_handle_is_a_corrupt_manifest_not_a_crash(tree, monkeypatch, error):
+    image = tree.image("app", "v1", seed="deep")
+
+    def refuse(_body):
+        raise error("from the parser")
+
+    monkeypatch.setattr(scan_module.json, "loads", refuse)
+    result = scan_storage(tree.root)
+    assert [(f.kind, f.digest, f.tags) for f in result.findings] == [(CORRUPT_FILE, image.digest, ("v1",))]
+    assert "JSON is" in result.findings[0].reason
+
+
+def test_deeply_nested_manifest_is_a_corrupt_file(tree):
+    body = b'{"schemaVersion":2,"x":' + b"[" * 100000 + b"]" * 100000 + b"}"
+    digest = tree.blob(body)
+    tree.link_revision("app", digest)
+    tree.tag("app", "deep", digest)
+    result = scan_storage(tree.root)
+    assert [(f.kind, f.digest, f.tags) for f in result.findings] == [(CORRUPT_FILE, digest, ("deep",))]
+    assert result.findings[0].reason == "manifest data JSON is nested too deeply to parse (not a usable manifest)"
+
+
+# -- the host-wide maintenance lock ------------------------------------------------------------------
+
+
+def test_host_lock_refuses_a_second_run_in_one_sentence_naming_the_holder(tmp_path):
+    path = str(tmp_path / "tools.lock")
+    with scan_module.host_lock("guarded garbage collection", path):
+        with pytest.raises(scan_module.HostLockError) as raised:
+            with scan_module.host_lock("storage scan", path, wait=0):
+                raise AssertionError("two runs held the lock at once")
+    assert str(raised.value) == (
+        f"another registry maintenance run (pid {os.getpid()} guarded garbage collection) holds lock file {path}; "
+        "waited 0 seconds, so this storage scan did not start"
+    )
+    # Released with the block: the next run takes it at once.
+    with scan_module.host_lock("storage scan", path, wait=0):
+        pass
+
+
+def test_host_lock_waits_for_the_holder_to_finish(tmp_path, monkeypatch):
+    import contextlib
+
+    path = str(tmp_path / "tools.lock")
+    holder = contextlib.ExitStack()
+    holder.enter_context(scan_module.host_lock("tag retention", path))
+    waited = []
+
+    def sleep(seconds):
+        # The second run is waiting now: the first one finishes.
+        waited.append(seconds)
+        holder.close()
+
+    monkeypatch.setattr(scan_module.time, "sleep", sleep)
+    with scan_module.host_lock("storage scan", path, wait=3600):
+        pass
+    assert len(waited) == 1
+
+
+def test_host_lock_path_comes_from_the_environment(tmp_path, monkeypatch):
+    path = tmp_path / "from-env.lock"
+    monkeypatch.setenv(scan_module.LOCK_FILE_ENV, str(path))
+    with scan_module.host_lock("storage scan") as used:
+        assert used == str(path)
+        assert path.read_text() == f"pid {os.getpid()} storage scan\n"
+
+
+def test_unusable_lock_file_is_one_sentence(tmp_path):
+    with pytest.raises(scan_module.HostLockError, match=r"^lock file .*/missing/x.lock cannot be opened \(No such file"):
+        with scan_module.host_lock("storage scan", str(tmp_path / "missing" / "x.lock")):
+            pass

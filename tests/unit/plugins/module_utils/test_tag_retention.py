@@ -350,7 +350,7 @@ def test_an_empty_storage_root_is_an_empty_registry_not_an_error(tmp_path: pathl
     result = run_retention(str(tmp_path), RetentionPolicy(), None, emit=lines.append)
     assert result.errors == [] and result.repositories == 0
     assert lines == ["SUMMARY dry_run=True repositories=0 planned_digests=0 planned_tags=0 deleted_digests=0 "
-                     "deleted_tags=0 kept_tags=0 errors=0"]
+                     "deleted_tags=0 kept_tags=0 lost_tags=0 errors=0"]
 
 
 # -- client and command line without a network --------------------------------------------------------
@@ -444,3 +444,61 @@ def test_main_exits_2_and_says_so_when_the_report_cannot_be_written(
 def test_the_file_parses_as_python_3_8() -> None:
     source = pathlib.Path(retention.__file__).read_text(encoding="utf-8")
     ast.parse(source, feature_version=(3, 8))
+
+
+# -- cosign signatures, attestations and SBOMs ------------------------------------------------------
+
+
+def cosign(subject: str, kind: str) -> str:
+    return f"sha256-{digest(subject)[7:]}.{kind}"
+
+
+def tags_from(ages_in_days: t.Mapping[str, t.Tuple[str, float]]) -> t.Dict[str, TagState]:
+    """tags_of for tag names that are not Python identifiers."""
+    return {tag: TagState(tag, digest(target), NOW - age * DAY) for tag, (target, age) in ages_in_days.items()}
+
+
+def test_cosign_tags_follow_the_digest_they_name_and_never_count_as_newest() -> None:
+    tags = tags_from(
+        {
+            "v-new": ("new", 30),
+            "v-old": ("old", 40),
+            # The signatures are the newest pushes: counted as tags they would push v-new out of keep 1.
+            cosign("new", "sig"): ("new-sig", 1),
+            cosign("new", "att"): ("new-att", 1),
+            cosign("old", "sig"): ("old-sig", 1),
+            cosign("old", "sbom"): ("old-sbom", 1),
+        }
+    )
+    result = plan(tags, keep_newest=1, protected_tags=(), min_age_days=7)
+    assert reasons(result) == {
+        "v-new": "newest",
+        cosign("new", "sig"): f"signature_of:{digest('new')}",
+        cosign("new", "att"): f"signature_of:{digest('new')}",
+    }
+    assert deleted_tags(result) == {"v-old", cosign("old", "sig"), cosign("old", "sbom")}
+    assert {item.digest: item.reason for item in result.deletions} == {
+        digest("old"): "old_tags",
+        digest("old-sig"): f"signature_of:{digest('old')}",
+        digest("old-sbom"): f"signature_of:{digest('old')}",
+    }
+
+
+def test_signature_of_an_untagged_child_of_a_kept_index_is_kept() -> None:
+    tags = tags_from({"latest": ("index", 50), cosign("child", "sig"): ("child-sig", 50)})
+    result = plan(tags, edges={"index": ["child"]}, keep_newest=0, protected_tags=("latest",))
+    assert reasons(result)[cosign("child", "sig")] == f"signature_of:{digest('child')}"
+    assert result.deletions == []
+
+
+def test_signature_whose_subject_is_gone_is_deleted_only_when_old() -> None:
+    tags = tags_from({cosign("gone", "sig"): ("gone-sig", 30), cosign("gone2", "att"): ("gone2-att", 1)})
+    result = plan(tags, keep_newest=5, protected_tags=(), min_age_days=7)
+    assert deleted_tags(result) == {cosign("gone", "sig")}
+    assert reasons(result) == {cosign("gone2", "att"): "too_young"}
+
+
+def test_names_that_only_look_like_cosign_tags_are_ordinary_tags() -> None:
+    assert retention.cosign_subject(cosign("x", "sig")) == digest("x")
+    for tag in (f"sha256-{'A' * 64}.sig", f"sha256-{'a' * 63}.sig", f"sha256-{'a' * 64}.sig2", "sha256-x.att"):
+        assert retention.cosign_subject(tag) == ""

@@ -36,7 +36,9 @@ def store(tmp_path):
     config.write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tree.root}\n  delete:\n    enabled: true\n"
     )
-    args = {"storage_root": tree.root, "config_path": str(config), "gc_command": [REGISTRY_BINARY]}
+    # No registry serves the tree: it is offline for the whole run.
+    args = {"storage_root": tree.root, "config_path": str(config), "gc_command": [REGISTRY_BINARY],
+            "registry_offline": True}
     return types.SimpleNamespace(tree=tree, index=index, stray=stray, args=args)
 
 
@@ -104,3 +106,23 @@ def test_bad_input_is_one_message(store, capsys, overrides, message):
     args = store.args
     code, result = run_module(dict(args, **overrides), capsys)
     assert code == 1 and result["msg"] == message
+
+
+def test_another_run_holding_the_host_lock_fails_in_one_sentence_and_runs_nothing(store, capsys, tmp_path):
+    from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import host_lock
+
+    lock = str(tmp_path / "tools.lock")
+    before = store.tree.listing()
+    with host_lock("storage scan", lock):
+        code, result = run_module(dict(store.args, lock_path=lock, lock_timeout=0), capsys)
+    assert code == 1 and result["failed"] is True
+    assert result["msg"].startswith("another registry maintenance run (pid ")
+    assert result["msg"].endswith("so this guarded garbage collection did not start")
+    assert store.tree.listing() == before
+
+
+def test_a_writable_registry_is_refused_unless_said_offline(store, capsys):
+    args = dict(store.args)
+    del args["registry_offline"]
+    code, result = run_module(args, capsys)
+    assert code == 1 and result["failure_kind"] == "registry_writable" and result["commands"] == []

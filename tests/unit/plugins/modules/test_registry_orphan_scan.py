@@ -90,3 +90,20 @@ def test_bad_input_is_one_message(broken, capsys, args, message):
     code, result = run_module(args, capsys)
     assert code == 1 and result["msg"].startswith(message)
     assert "Traceback" not in json.dumps(result)
+
+
+def test_another_run_holding_the_host_lock_fails_and_still_writes_report_and_metrics(broken, capsys, tmp_path):
+    from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import host_lock
+
+    tree = broken[0]
+    lock, report, metrics = str(tmp_path / "tools.lock"), tmp_path / "scan.json", tmp_path / "scan.prom"
+    with host_lock("guarded garbage collection", lock):
+        code, result = run_module(
+            {"storage_root": tree.root, "lock_path": lock, "lock_timeout": 0, "report_path": str(report),
+             "metrics_path": str(metrics)},
+            capsys,
+        )
+    assert code == 1 and result["failed"] is True
+    assert "holds lock file" in result["msg"] and result["msg"].endswith("so this storage scan did not start")
+    assert json.loads(report.read_text())["failed"] is True
+    assert "registry_storage_scan_failed 1" in metrics.read_text()

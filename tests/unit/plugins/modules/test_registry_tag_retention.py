@@ -152,3 +152,16 @@ def test_an_unreadable_repository_fails_the_task_but_the_others_are_handled(
     assert result["errors"][0].startswith("damaged: ") and "nothing is deleted in this repository" in result["errors"][0]
     assert result["msg"].startswith("1 problems, the first: damaged: ")
     assert "Traceback" not in json.dumps(result)
+
+
+def test_another_run_holding_the_host_lock_fails_and_deletes_nothing(
+    populated: RegistryServer, capsys: pytest.CaptureFixture[str], tmp_path: "pathlib.Path"
+) -> None:
+    from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import host_lock
+
+    lock = str(tmp_path / "tools.lock")
+    with host_lock("guarded garbage collection", lock):
+        code, result, _out = run_module(base_args(populated, dry_run=False, lock_path=lock, lock_timeout=0), capsys)
+    assert code == 1 and result["failed"] is True
+    assert result["msg"].endswith("so this tag retention did not start")
+    assert len(os.listdir(populated.tree / "repositories" / "infra-ci" / "_manifests" / "tags")) == 7
