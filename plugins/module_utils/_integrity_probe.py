@@ -10,6 +10,10 @@ imports) as the package ``registry_probe`` and schedules::
         --json-report /var/lib/selfhosted-registry/reports/probe.json \\
         --metrics-file /var/lib/prometheus/node-exporter/selfhosted_registry_probe.prom
 
+Where no node_exporter reads the host's files (a probe scheduled in AWX runs in a throwaway
+container), ``--pushgateway-url`` pushes the same metrics to a Prometheus Pushgateway instead of, or
+beside, the textfile.
+
 It needs the Python library requests (Debian: python3-requests) and nothing from Ansible: the
 verification, the report and the metrics are the same code as the registry_manifest_verify module's.
 
@@ -29,8 +33,8 @@ import typing as t
 
 from ._manifest_walk import BLOB_CHECK_MODES, ManifestCache, ManifestWalker
 from ._registry_client import RegistryClient, RegistryError
-from ._report_files import write_json_report, write_metrics
-from ._verify_report import VerifyRun, read_previous_run, run_verification
+from ._report_files import pushgateway_url_problem, redact_url, write_json_report, write_metrics
+from ._verify_report import DEFAULT_PUSHGATEWAY_JOB, VerifyRun, push_run_metrics, read_previous_run, run_verification
 
 EXIT_OK, EXIT_BROKEN, EXIT_UNVERIFIED, EXIT_BUSY = 0, 1, 2, 3
 DEFAULT_LOCK_FILE = "/run/lock/selfhosted-registry-probe.lock"
@@ -53,6 +57,19 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
     return value
+
+
+def _pushgateway_url(text: str) -> str:
+    problem = pushgateway_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{redact_url(text)} {problem}")
+    return text
+
+
+def _job_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the job name is empty")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep manifest bodies so a later run names the blobs of a child that is gone")
     parser.add_argument("--json-report", required=True, metavar="PATH", help="the last run's JSON report")
     parser.add_argument("--metrics-file", metavar="PATH", help="node_exporter textfile (*.prom)")
+    parser.add_argument("--pushgateway-url", type=_pushgateway_url, metavar="URL",
+                        help="also push the metrics to this Prometheus Pushgateway (http://host:9091), replacing"
+                             " the group job + registry with each run (HTTP PUT); a Pushgateway that cannot be"
+                             " reached is one warning on stderr and never changes the verdict or exit status")
+    parser.add_argument("--pushgateway-job", type=_job_name, default=DEFAULT_PUSHGATEWAY_JOB, metavar="NAME",
+                        help=f"the job label of the pushed group (default {DEFAULT_PUSHGATEWAY_JOB})")
     parser.add_argument("--lock-file", default=DEFAULT_LOCK_FILE, metavar="PATH",
                         help=f"held for the whole run so runs never overlap (default {DEFAULT_LOCK_FILE})")
     return parser
@@ -192,6 +215,11 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
                     write(path, payload)
                 except OSError as exc:
                     raise ProbeError(f"Could not write {path}: {exc.strerror or exc}.") from None
+        if options.pushgateway_url:
+            warning = push_run_metrics(run, options.pushgateway_url, client.host, job=options.pushgateway_job,
+                                       timeout=float(options.timeout))
+            if warning:
+                _say(f"WARNING registry-probe: {warning}", sys.stderr)
     finally:
         os.close(lock)
     for line in summary_lines(run):

@@ -1,6 +1,6 @@
 # Copyright: selfhosted.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Atomic report writers shared by the verifier and the storage scanner.
+"""Atomic report writers shared by the verifier and the storage scanner, and the Pushgateway push.
 
 Standard library only: this file also runs on the registry host, outside Ansible.
 A reader (node_exporter's textfile collector, a monitoring check) must never see
@@ -10,11 +10,15 @@ directory and is renamed over the target.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import tempfile
 import typing as t
+import urllib.error
+import urllib.parse
+import urllib.request
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -91,3 +95,72 @@ def render_metrics(metrics: t.Iterable[Metric]) -> str:
 def write_metrics(path: str, metrics: t.Iterable[Metric]) -> None:
     """Write a node_exporter textfile (the file name must end in .prom to be collected)."""
     write_atomic(path, render_metrics(metrics))
+
+
+class PushError(Exception):
+    """The Pushgateway could not be reached or refused the metrics; the message is one sentence."""
+
+
+def pushgateway_url_problem(url: str) -> t.Optional[str]:
+    """Why url cannot be a Pushgateway address (scheme://host[:port][/prefix], no credentials), or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _port = parts.port  # raises ValueError on a port that is not a number
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must start with http:// or https:// and name a host"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry credentials"
+    if parts.query or parts.fragment:
+        return "must not carry a query or a fragment"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """url without any user:password@ part, for messages."""
+    return re.sub(r"//[^/@]*@", "//", url)
+
+
+def _grouping_segment(name: str, value: str) -> str:
+    # A value with a slash (or an empty one) cannot be a path segment: the Pushgateway's base64 form.
+    if not value or "/" in value:
+        encoded = base64.urlsafe_b64encode(value.encode("utf-8")).decode("ascii") or "="
+        return f"{name}@base64/{encoded}"
+    return f"{name}/{urllib.parse.quote(value, safe='')}"
+
+
+def push_metrics(
+    url: str,
+    job: str,
+    grouping: t.Mapping[str, str],
+    metrics: t.Iterable[Metric],
+    timeout: float = 10.0,
+) -> None:
+    """Replace the group (job + grouping labels) on a Pushgateway with these samples (HTTP PUT).
+
+    PUT, not POST: a series the last run pushed and this run did not (a tag no longer broken) is gone
+    afterwards, exactly as it would be from a rewritten textfile.
+    """
+    problem = pushgateway_url_problem(url)
+    if problem:
+        raise PushError(f"The Pushgateway URL {redact_url(url)} {problem}.")
+    path = "/metrics/" + "/".join(
+        [_grouping_segment("job", job)] + [_grouping_segment(key, value) for key, value in sorted(grouping.items())]
+    )
+    request = urllib.request.Request(
+        url.rstrip("/") + path, data=render_metrics(metrics).encode("utf-8"), method="PUT",
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
+    where = redact_url(url)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310 - scheme checked above
+            response.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read(300).decode("utf-8", "replace").strip().splitlines()
+        detail = f": {body[0]}" if body else ""
+        raise PushError(f"The Pushgateway {where} answered {exc.code}{detail}.") from None
+    except urllib.error.URLError as exc:
+        raise PushError(f"Could not reach the Pushgateway {where}: {exc.reason}.") from None
+    except (OSError, ValueError) as exc:
+        raise PushError(f"Could not reach the Pushgateway {where}: {exc}.") from None

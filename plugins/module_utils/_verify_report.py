@@ -16,7 +16,10 @@ import typing as t
 from ._image_reference import ImageReference
 from ._manifest_walk import OUTCOME_BROKEN, ManifestWalker, WalkError, WalkResult
 from ._registry_client import RegistryClient
-from ._report_files import Metric
+from ._report_files import Metric, PushError, push_metrics
+
+# The Pushgateway job label both the probe and the module push under unless told otherwise.
+DEFAULT_PUSHGATEWAY_JOB = "selfhosted_registry_probe"
 
 # One series per broken image carries its repository and tag for the alert; beyond this many the
 # counts still say how many are broken, and the report names them all.
@@ -216,3 +219,18 @@ def run_verification(
         build_report(client.base_url, shaped, state, finished, **report_extra),
         verify_metrics(client.host, started, finished, shaped, state, interval_seconds),
     )
+
+
+def push_run_metrics(
+    run: VerifyRun, url: str, registry: str, job: str = DEFAULT_PUSHGATEWAY_JOB, timeout: float = 10.0
+) -> t.Optional[str]:
+    """Push a run's metrics to a Pushgateway, replacing the group job + registry; a warning, or None.
+
+    A Pushgateway that is down must never hide the verdict or change it: the caller reports the
+    returned sentence as a warning and carries on with the run's own outcome.
+    """
+    try:
+        push_metrics(url, job, {"registry": registry}, run.metrics, timeout=timeout)
+    except PushError as exc:
+        return f"{exc} The metrics of this run were not pushed; the verdict is unchanged."
+    return None

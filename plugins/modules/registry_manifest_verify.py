@@ -110,6 +110,22 @@ options:
         consecutive runs that could not are carried from one report to the next.
       - Written in check mode too.
     type: path
+  pushgateway_url:
+    description:
+      - Also push the same metrics as O(metrics_path) writes to this Prometheus Pushgateway
+        (C(http://host:9091)), for runs where no node_exporter reads the files (an AWX job runs in a
+        throwaway container).
+      - Each run replaces the group O(pushgateway_job) + C(registry) with HTTP PUT, so a series the last run
+        pushed and this one did not (an image no longer broken) is gone.
+      - A Pushgateway that cannot be reached or refuses the push is one warning; the result, the failure on
+        broken images and the files are those of the verification alone.
+      - Pushed in check mode too. Scrape the Pushgateway with C(honor_labels) set to V(true) so the C(registry) label
+        is kept.
+    type: str
+  pushgateway_job:
+    description: The C(job) label of the pushed group.
+    type: str
+    default: selfhosted_registry_probe
 notes:
   - The module only reads from the registry. Run it where the registry is reachable, usually with
     O(ignore:delegate_to=localhost).
@@ -140,6 +156,13 @@ EXAMPLES = r"""
     report_path: /var/lib/registry-probe/verify.json
     manifest_cache_path: /var/lib/registry-probe/manifests
     metrics_path: /var/lib/node_exporter/textfile/registry_verify.prom
+  delegate_to: localhost
+
+- name: Probe the whole catalog from an AWX job and push the metrics to a Pushgateway
+  selfhosted.registry.registry_manifest_verify:
+    registry_url: https://registry.example.com:5000
+    catalog: true
+    pushgateway_url: http://pushgateway.example.com:9091
   delegate_to: localhost
 
 - name: Report on the Docker Hub mirror without ever failing
@@ -364,8 +387,8 @@ from ..module_utils._image_reference import ImageReferenceError, parse_image_ref
 from ..module_utils._manifest_walk import ManifestCache, ManifestWalker
 from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
 from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
-from ..module_utils._report_files import Metric, write_json_report, write_metrics
-from ..module_utils._verify_report import read_previous_run, run_verification
+from ..module_utils._report_files import Metric, pushgateway_url_problem, redact_url, write_json_report, write_metrics
+from ..module_utils._verify_report import push_run_metrics, read_previous_run, run_verification
 
 
 def _argument_spec() -> t.Dict[str, t.Any]:
@@ -382,6 +405,8 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         report_path=dict(type="path"),
         metrics_path=dict(type="path"),
         manifest_cache_path=dict(type="path"),
+        pushgateway_url=dict(type="str"),
+        pushgateway_job=dict(type="str", default="selfhosted_registry_probe"),
     )
     return spec
 
@@ -417,6 +442,12 @@ def main() -> None:
         module.fail_json(msg="The repositories patterns only apply with catalog=true.")
     if params["concurrency"] < 1:
         module.fail_json(msg=f"concurrency must be at least 1, not {params['concurrency']}.")
+    if params["pushgateway_url"]:
+        problem = pushgateway_url_problem(params["pushgateway_url"])
+        if problem:
+            module.fail_json(msg=f"pushgateway_url {redact_url(params['pushgateway_url'])} {problem}.")
+        if not params["pushgateway_job"].strip():
+            module.fail_json(msg="pushgateway_job must not be empty.")
 
     cache = None
     if params["manifest_cache_path"]:
@@ -458,6 +489,11 @@ def main() -> None:
     finally:
         client.close()
     _write_outputs(module, run.report, run.metrics)
+    if params["pushgateway_url"]:
+        warning = push_run_metrics(run, params["pushgateway_url"], client.host, job=params["pushgateway_job"],
+                                   timeout=float(params["timeout"]))
+        if warning:
+            module.warn(warning)
     if run.result is None:
         module.fail_json(msg=run.error, ok=False, verified=False)
     if not run.result.ok and params["fail_on_broken"] and not params["mirror"]:

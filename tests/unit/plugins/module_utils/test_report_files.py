@@ -7,6 +7,11 @@ import pytest
 
 from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import (
     Metric,
+    PushError,
+    _grouping_segment,
+    push_metrics,
+    pushgateway_url_problem,
+    redact_url,
     render_metrics,
     write_json_report,
     write_metrics,
@@ -51,3 +56,29 @@ def test_writes_replace_the_file_whole_and_leave_no_temporary_files(tmp_path):
     assert metrics.read_text().endswith("up 1\n")
     assert sorted(os.listdir(tmp_path)) == ["probe.prom", "report.json"]
     assert oct(report.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://127.0.0.1:9091", None),
+    ("https://push.example/prefix", None),
+    ("ftp://push.example", "must start with http:// or https:// and name a host"),
+    ("http://", "must start with http:// or https:// and name a host"),
+    ("http://push.example:port", "is not a URL"),
+    ("http://user:secret@push.example", "must not carry credentials"),
+    ("http://push.example/?x=1", "must not carry a query or a fragment"),
+])
+def test_pushgateway_urls_are_checked(url, problem):
+    assert pushgateway_url_problem(url) == problem
+
+
+def test_a_refused_url_is_named_without_its_credentials():
+    with pytest.raises(PushError) as raised:
+        push_metrics("http://user:secret@push.example", "job", {}, [])
+    assert "secret" not in str(raised.value) and "http://push.example" in str(raised.value)
+    assert redact_url("https://a:b@h:1/p") == "https://h:1/p"
+
+
+def test_grouping_values_with_a_slash_or_empty_use_the_base64_form():
+    assert _grouping_segment("registry", "127.0.0.1:5000") == "registry/127.0.0.1%3A5000"
+    assert _grouping_segment("registry", "a/b") == "registry@base64/YS9i"
+    assert _grouping_segment("registry", "") == "registry@base64/="

@@ -1,0 +1,129 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The probe and registry_manifest_verify pushing to Debian's real prometheus-pushgateway.
+
+Metrics appear under the group job + registry, a later run replaces them (a rebuilt tag's series is
+gone), and a Pushgateway that is down is one warning that changes neither the verdict nor the exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import typing as t
+
+import pytest
+
+from tests.harness.images import ImagePusher
+from tests.harness.incident import reproduce_incident
+from tests.harness.monitoring import Service
+from tests.harness.probe import Probe
+from tests.harness.pushgateway import samples, start_pushgateway
+from tests.harness.registry import RegistryServer, free_port
+from tests.integration.test_registry_manifest_verify_playbook import ANSIBLE_PLAYBOOK, run_playbook
+
+
+@pytest.fixture
+def pushgateway(tmp_path: pathlib.Path) -> t.Iterator[Service]:
+    service = start_pushgateway(tmp_path)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+def test_the_probe_pushes_its_metrics_and_a_later_run_replaces_them(
+    registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher], pushgateway: Service, tmp_path: pathlib.Path
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    probe = Probe(tmp_path / "probe", registry.url)
+    group = {("job", "selfhosted_registry_probe"), ("registry", registry.host)}
+
+    run = probe.run("--pushgateway-url", pushgateway.url)
+    assert run.returncode == 1 and not run.stderr, run.stdout + run.stderr
+    broken = samples(pushgateway, "registry_verify_image_broken")
+    assert broken == {frozenset(group | {("repository", "infra-ci"), ("tag", "latest")}): 1.0}
+    assert samples(pushgateway, "registry_verify_broken_images") == {frozenset(group): 1.0}
+    assert samples(pushgateway, "registry_verify_interval_seconds") == {frozenset(group): 900.0}
+
+    # The rebuild: the tag points at a whole image again. The next run's PUT leaves no broken series.
+    pusher.push_image("infra-ci", "latest")
+    run = probe.run("--pushgateway-url", pushgateway.url)
+    assert run.returncode == 0 and not run.stderr, run.stdout + run.stderr
+    assert samples(pushgateway, "registry_verify_image_broken") == {}
+    assert samples(pushgateway, "registry_verify_broken_images") == {frozenset(group): 0.0}
+    # The textfile holds the same samples the Pushgateway got.
+    assert run.metrics is not None and "registry_verify_broken_images{registry=" in run.metrics
+
+
+def test_a_pushgateway_that_is_down_is_one_warning_and_the_verdict_stands(
+    registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher], tmp_path: pathlib.Path
+) -> None:
+    reproduce_incident(registry, make_pusher(registry))
+    down = f"http://127.0.0.1:{free_port()}"
+    run = Probe(tmp_path / "probe", registry.url).run("--pushgateway-url", down)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert any(line.startswith("BROKEN image=infra-ci:latest") for line in run.stdout.splitlines())
+    warnings = run.stderr.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith(f"WARNING registry-probe: Could not reach the Pushgateway {down}")
+    assert "verdict is unchanged" in warnings[0]
+    assert run.metrics is not None and "registry_verify_image_broken{" in run.metrics
+
+
+def test_a_bad_pushgateway_url_is_refused_before_the_run(registry: RegistryServer, tmp_path: pathlib.Path) -> None:
+    run = Probe(tmp_path / "probe", registry.url).run("--pushgateway-url", "http://user:secret@pushgateway:9091")
+    assert run.returncode == 2 and "must not carry credentials" in run.stderr and "secret" not in run.stderr
+    assert run.report is None
+
+
+def test_the_module_pushes_and_warns_once_when_the_pushgateway_is_down(
+    registry: RegistryServer, pusher: ImagePusher, pushgateway: Service, tmp_path: pathlib.Path
+) -> None:
+    incident = reproduce_incident(registry, pusher)
+    args = {"registry_url": registry.url, "images": [incident.reference], "pushgateway_job": "awx_probe"}
+    process, result = run_playbook(tmp_path, dict(args, pushgateway_url=pushgateway.url))
+    assert result["failed"] is True and result["ok"] is False and not result.get("warnings"), process.stdout
+    group = {("job", "awx_probe"), ("registry", registry.host)}
+    assert samples(pushgateway, "registry_verify_image_broken") == {
+        frozenset(group | {("repository", "infra-ci"), ("tag", "latest")}): 1.0}
+
+    down = f"http://127.0.0.1:{free_port()}"
+    process, result = run_playbook(tmp_path, dict(args, pushgateway_url=down))
+    assert result["failed"] is True and result["ok"] is False, process.stdout
+    assert result["msg"].startswith("1 of 1 images are broken: infra-ci:latest")
+    assert len(result["warnings"]) == 1 and f"Could not reach the Pushgateway {down}" in result["warnings"][0]
+
+
+def test_the_roles_probe_command_pushes_when_the_variable_is_set(
+    registry: RegistryServer, pusher: ImagePusher, pushgateway: Service, tmp_path: pathlib.Path
+) -> None:
+    """The role's own template rendered by Ansible, then run as cron runs it."""
+    pusher.push_image("team/app", "v1")
+    probe = Probe(tmp_path / "probe", registry.url)
+    command = tmp_path / "registry-probe"
+    role = pathlib.Path(__file__).resolve().parents[2] / "roles" / "registry_probe"
+    overrides = {
+        "registry_probe_registry_url": registry.url, "registry_probe_pushgateway_url": pushgateway.url,
+        "registry_probe_python": "/usr/bin/python3", "registry_probe_tools_dir": str(probe.tools_dir),
+        "registry_probe_manifest_cache_dir": "", "registry_probe_lock_file": str(probe.lock_path),
+        "registry_probe_report_path": str(probe.report_path), "registry_probe_metrics_path": str(probe.metrics_path),
+    }
+    playbook = [{
+        "name": "Render the probe command", "hosts": "localhost", "gather_facts": False,
+        "vars_files": [str(role / "defaults" / "main.yml")],
+        "tasks": [{"name": "Template", "ansible.builtin.template": {
+            "src": str(role / "templates" / "registry-probe.sh.j2"), "dest": str(command), "mode": "0755"}}],
+    }]
+    path = tmp_path / "render.yml"
+    path.write_text(json.dumps(playbook), encoding="utf-8")
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides), encoding="utf-8")
+    rendered = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(path),
+                               "-e", f"@{tmp_path / 'overrides.json'}"],
+                              capture_output=True, text=True, timeout=300, check=False)
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    run = subprocess.run([str(command)], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0 and "WARNING" not in run.stderr, run.stdout + run.stderr
+    assert samples(pushgateway, "registry_verify_images") == {
+        frozenset({("job", "selfhosted_registry_probe"), ("registry", registry.host)}): 1.0}
