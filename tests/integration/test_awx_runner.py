@@ -1,0 +1,211 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every phase playbook and the probe run as AWX runs a job: ansible-runner transmit | docker run -i <EE>
+ansible-runner worker | ansible-runner process, in the execution environment built from ee/.
+
+Against the real registry, the test Woodpecker server and the real sshd on loopback. Extra variables
+are what a survey sends (strings; lists as text, one item per line); credentials are injected exactly as
+the shipped credential types' injectors say (playbooks/awx/vars/objects.yml): environment variables and
+extra variables, the SSH key through ansible-runner's ssh-agent. Each test reads the job's events: the
+verdict, the set_stats artifacts a workflow's next node gets, and no secret anywhere in what the worker sent.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import pathlib
+import secrets
+import typing as t
+
+import jinja2
+import pytest
+
+from tests.harness.awx_docker import DockerDaemon, start_docker
+from tests.harness.awx_runner import Job, build_ee, controller_inventory, run_job
+from tests.harness.images import ImagePusher
+from tests.harness.incident import reproduce_incident
+from tests.harness.pushgateway import samples, start_pushgateway
+from tests.harness.registry import RegistryServer
+from tests.harness.sshd import SshServer
+from tests.integration.test_awx_job_templates import objects
+from tests.integration.test_playbooks_rebuild_ci import PIPELINE_GUARD_SECONDS, PlayedPipeline, _ci_push, _woodpecker
+from tests.integration.test_playbooks_rebuild_on_host import make_source_repo
+
+pytestmark = pytest.mark.slow
+LOCK = "/run/docker-awx.lock"  # one session at a time drives the AWX tests' engine
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[DockerDaemon, str]]:
+    with open(LOCK, "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        daemon = start_docker(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
+        try:
+            yield daemon, build_ee(daemon)
+        finally:
+            daemon.stop()
+
+
+def inject(kind: str, **inputs: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A credential of the shipped type ``kind``: its env and extra_vars, rendered as AWX renders injectors."""
+    injectors = objects()["awx_credential_types"][kind]["injectors"]
+    render = lambda template: jinja2.Template(template, undefined=jinja2.StrictUndefined).render(**inputs)  # noqa: E731
+    return ({name: render(value) for name, value in injectors.get("env", {}).items()},
+            {name: render(value) for name, value in injectors.get("extra_vars", {}).items()})
+
+
+def registry_credential(registry: RegistryServer) -> tuple[dict[str, str], dict[str, str]]:
+    return inject("registry", url=registry.url, username=registry.username or "", password=registry.password or "")
+
+
+def ssh_host(sshd: SshServer, registry: RegistryServer) -> tuple[dict[str, t.Any], dict[str, str]]:
+    """The registry VM as a machine credential reaches it: the key in ssh-agent, a pinned host key."""
+    host = {
+        "ansible_host": sshd.host, "ansible_port": sshd.port, "ansible_user": sshd.user,
+        "ansible_connection": "ansible.builtin.ssh", "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_common_args": "-o UserKnownHostsFile=/runner/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        "registry_storage_root": str(registry.storage_root),
+    }
+    return host, {"known_hosts": sshd.known_hosts.read_text(encoding="utf-8")}
+
+
+def assert_no_secret(job: Job, *secret_values: str) -> None:
+    """No secret in the job's events, nor anywhere in what the worker sent back but one place: the
+    worker's first status message carries its environment (ansible-runner does that under AWX too,
+    and AWX keeps it only as the job's environment, with values named *PASSWORD*/*TOKEN* hidden)."""
+    lines = job.worker_stream.split(b"\n")
+    starting = json.loads(lines[0])
+    assert starting.get("status") == "starting" and "env" in starting
+    rest = b"\n".join([json.dumps({key: value for key, value in starting.items() if key != "env"}).encode(), *lines[1:]])
+    for value in secret_values:
+        assert value, "no secret to look for"
+        assert value.encode() not in rest, "a secret is in the worker's stream outside its environment"
+        assert value not in json.dumps(job.events), "a secret is in the job's events"
+        assert all(name.endswith(("PASSWORD", "TOKEN")) for name, text in starting["env"].items() if text == value)
+
+
+def test_verify_job_names_the_broken_image_with_injected_credentials(
+    engine: tuple[DockerDaemon, str], registry_basic: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
+    tmp_path: pathlib.Path,
+) -> None:
+    daemon, image = engine
+    incident = reproduce_incident(registry_basic, make_pusher(registry_basic))
+    env, extra = registry_credential(registry_basic)
+    survey = {"registry_images": f"{incident.reference}\n{incident.keep_image.repository}:{incident.keep_image.tag}",
+              "registry_blob_check": "read", "verify_fail_when_broken": "true"}
+    job = run_job(daemon, image, tmp_path, "playbooks/verify.yml", controller_inventory(), {**survey, **extra}, env)
+    assert job.status == "failed", job.explain()
+    assert "1 image(s) broken: infra-ci:latest" in job.stdout, job.explain()
+    assert_no_secret(job, env["REGISTRY_PASSWORD"])
+
+    healthy = {**survey, "registry_images": f"{incident.keep_image.repository}:{incident.keep_image.tag}"}
+    job = run_job(daemon, image, tmp_path, "playbooks/verify.yml", controller_inventory(), {**healthy, **extra}, env)
+    assert job.status == "successful", job.explain()
+
+
+def test_diagnose_job_hands_the_broken_images_to_the_next_node(
+    engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
+    sshd_server: SshServer, tmp_path: pathlib.Path,
+) -> None:
+    daemon, image = engine
+    incident = reproduce_incident(registry, make_pusher(registry))
+    env, extra = registry_credential(registry)
+    host, files = ssh_host(sshd_server, registry)
+    # As the incident workflow's survey gives it: incident_images, one per line, with the registry host.
+    survey = {"incident_images": f"{registry.host}/{incident.repository}:{incident.tag}\n",
+              "registry_blob_check": "read", "diagnose_scan_storage": "true"}
+    key = sshd_server.client_key.read_text(encoding="utf-8")
+    job = run_job(daemon, image, tmp_path, "playbooks/diagnose.yml", controller_inventory(host), {**survey, **extra},
+                  env, ssh_key=key, files=files)
+    assert job.status == "failed", job.explain()  # an image is broken: the workflow's failure path rebuilds it
+    assert job.artifacts == {"registry_images": [f"{incident.repository}:{incident.tag}"]}, job.explain()
+    assert "Accepted publickey for root" in sshd_server.log()
+    assert "orphan" in job.stdout.lower(), job.explain()
+    assert_no_secret(job, key.strip().splitlines()[1])
+
+
+def test_rebuild_ci_job_triggers_woodpecker_with_the_injected_token(
+    engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
+    tmp_path: pathlib.Path,
+) -> None:
+    daemon, image = engine
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry))
+    pipeline.start()
+    try:
+        registry_env, extra = registry_credential(registry)
+        woodpecker_env, woodpecker_extra = inject("woodpecker", server=fake.url, token=token)
+        # What the job template fixes and what the diagnose node's set_stats passes on (a list).
+        extravars = {**extra, **woodpecker_extra, "registry_images": ["infra-ci:latest"], "rebuild_action": "trigger",
+                     "rebuild_force": "false", "rebuild_poll_interval": 0.2,
+                     "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}}}
+        job = run_job(daemon, image, tmp_path, "playbooks/rebuild_ci.yml", controller_inventory(), extravars,
+                      {**registry_env, **woodpecker_env})
+        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+    assert pipeline.error is None, pipeline.error
+    assert job.status == "successful", job.explain()
+    assert "1 of 1 image(s) verify end to end" in job.stdout, job.explain()
+    assert_no_secret(job, token)
+
+
+def test_rebuild_on_host_job_builds_over_ssh_and_verifies(
+    engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
+    sshd_server: SshServer, tmp_path: pathlib.Path,
+) -> None:
+    daemon, image = engine
+    reproduce_incident(registry, make_pusher(registry))
+    source = make_source_repo(tmp_path / "source" / "infra-ci")
+    env, extra = registry_credential(registry)
+    host, files = ssh_host(sshd_server, registry)
+    extravars = {**extra, "registry_images": "infra-ci:latest", "rebuild_only_broken": "true",
+                 "rebuild_workdir": str(tmp_path / "vm-work"),
+                 "rebuild_builds": {"infra-ci:latest": {"source": str(source), "version": "main", "command": "sh build.sh",
+                                                        "environment": {"BUILD_LOG": str(tmp_path / "build.log")}}}}
+    job = run_job(daemon, image, tmp_path, "playbooks/rebuild_on_host.yml", controller_inventory(host), extravars, env,
+                  ssh_key=sshd_server.client_key.read_text(encoding="utf-8"), files=files)
+    assert job.status == "successful", job.explain()
+    assert "1 of 1 rebuilt image(s) verify end to end" in job.stdout, job.explain()
+    assert (tmp_path / "build.log").exists()
+
+
+def test_investigate_job_lists_the_broken_tags_and_passes_them_on(
+    engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
+    sshd_server: SshServer, tmp_path: pathlib.Path,
+) -> None:
+    daemon, image = engine
+    incident = reproduce_incident(registry, make_pusher(registry))
+    env, extra = registry_credential(registry)
+    host, files = ssh_host(sshd_server, registry)
+    extravars = {**extra, "investigate_scan_storage": "true", "registry_blob_check": "head",
+                 "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci"}}}
+    job = run_job(daemon, image, tmp_path, "playbooks/investigate.yml", controller_inventory(host), extravars, env,
+                  ssh_key=sshd_server.client_key.read_text(encoding="utf-8"), files=files)
+    assert job.status == "failed", job.explain()
+    assert job.artifacts == {"registry_images": [f"{incident.repository}:{incident.tag}"]}, job.explain()
+    assert f"{incident.repository}:{incident.tag} -> rerun ops/infra-ci" in job.stdout, job.explain()
+
+
+def test_the_probe_job_pushes_its_metrics_to_the_pushgateway(
+    engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
+    tmp_path: pathlib.Path,
+) -> None:
+    daemon, image = engine
+    reproduce_incident(registry, make_pusher(registry))
+    pushgateway = start_pushgateway(tmp_path)
+    try:
+        env, extra = registry_credential(registry)
+        probe = next(template for template in objects()["awx_job_templates"] if template["name"] == "selfhosted.registry probe")
+        extravars = {**extra, **probe["extra_vars"], "verify_pushgateway_url": pushgateway.url}
+        job = run_job(daemon, image, tmp_path, probe["playbook"], controller_inventory(), extravars, env)
+        assert job.status == "failed", job.explain()  # the scheduled job goes red while a tag is broken
+        broken = samples(pushgateway, "registry_verify_image_broken")
+    finally:
+        pushgateway.stop()
+    assert broken == {frozenset({("job", "selfhosted_registry_probe"), ("registry", registry.host),
+                                 ("repository", "infra-ci"), ("tag", "latest")}): 1.0}
