@@ -105,11 +105,13 @@ def pushgateway_url_problem(url: str) -> t.Optional[str]:
     """Why url cannot be a Pushgateway address (scheme://host[:port][/prefix], no credentials), or None."""
     try:
         parts = urllib.parse.urlsplit(url)
-        _port = parts.port  # raises ValueError on a port that is not a number
+        port = parts.port  # raises ValueError on a port that is not a number or out of range
     except ValueError:
         return "is not a URL"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "must start with http:// or https:// and name a host"
+    if port == 0:
+        return "names port 0"
     if parts.username is not None or parts.password is not None:
         return "must not carry credentials"
     if parts.query or parts.fragment:

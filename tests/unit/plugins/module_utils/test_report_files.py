@@ -64,6 +64,7 @@ def test_writes_replace_the_file_whole_and_leave_no_temporary_files(tmp_path):
     ("ftp://push.example", "must start with http:// or https:// and name a host"),
     ("http://", "must start with http:// or https:// and name a host"),
     ("http://push.example:port", "is not a URL"),
+    ("http://push.example:0", "names port 0"),
     ("http://user:secret@push.example", "must not carry credentials"),
     ("http://push.example/?x=1", "must not carry a query or a fragment"),
 ])
