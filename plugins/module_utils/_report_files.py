@@ -11,14 +11,13 @@ directory and is renamed over the target.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
 import tempfile
 import typing as t
-import urllib.error
 import urllib.parse
-import urllib.request
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -150,19 +149,21 @@ def push_metrics(
     path = "/metrics/" + "/".join(
         [_grouping_segment("job", job)] + [_grouping_segment(key, value) for key, value in sorted(grouping.items())]
     )
-    request = urllib.request.Request(
-        url.rstrip("/") + path, data=render_metrics(metrics).encode("utf-8"), method="PUT",
-        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
+    parts = urllib.parse.urlsplit(url)
     where = redact_url(url)
+    # http.client directly: this file runs on hosts with the standard library only (no Ansible's open_url).
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # nosec B310 - scheme checked above
-            response.read()
-    except urllib.error.HTTPError as exc:
-        body = exc.read(300).decode("utf-8", "replace").strip().splitlines()
+        connection.request("PUT", parts.path.rstrip("/") + path, body=render_metrics(metrics).encode("utf-8"),
+                           headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        response = connection.getresponse()
+        body = response.read(300).decode("utf-8", "replace").strip().splitlines()
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise PushError(f"Could not reach the Pushgateway {where}: {reason}.") from None
+    finally:
+        connection.close()
+    if not 200 <= response.status < 300:
         detail = f": {body[0]}" if body else ""
-        raise PushError(f"The Pushgateway {where} answered {exc.code}{detail}.") from None
-    except urllib.error.URLError as exc:
-        raise PushError(f"Could not reach the Pushgateway {where}: {exc.reason}.") from None
-    except (OSError, ValueError) as exc:
-        raise PushError(f"Could not reach the Pushgateway {where}: {exc}.") from None
+        raise PushError(f"The Pushgateway {where} answered {response.status}{detail}.")

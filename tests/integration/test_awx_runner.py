@@ -50,7 +50,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[DockerD
 def inject(kind: str, **inputs: str) -> tuple[dict[str, str], dict[str, str]]:
     """A credential of the shipped type ``kind``: its env and extra_vars, rendered as AWX renders injectors."""
     injectors = objects()["awx_credential_types"][kind]["injectors"]
-    render = lambda template: jinja2.Template(template, undefined=jinja2.StrictUndefined).render(**inputs)  # noqa: E731
+
+    def render(template: str) -> str:
+        return jinja2.Template(template, undefined=jinja2.StrictUndefined).render(**inputs)
+
     return ({name: render(value) for name, value in injectors.get("env", {}).items()},
             {name: render(value) for name, value in injectors.get("extra_vars", {}).items()})
 
