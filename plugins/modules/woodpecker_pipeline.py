@@ -161,6 +161,9 @@ EXAMPLES = r"""
   delegate_to: localhost
   register: rebuild
 
+# No token option: the module reads WOODPECKER_TOKEN from the controller's environment (export it
+# before ansible-playbook). A task-level environment: would put the token in the command line
+# Ansible prints at -vvv.
 - name: Restart the latest failed pipeline on main, starting a fresh one if the server lost its definition
   selfhosted.registry.woodpecker_pipeline:
     server_url: https://ci.example.com
@@ -169,8 +172,6 @@ EXAMPLES = r"""
     branch: main
     fallback_to_trigger: true
     wait: true
-  environment:
-    WOODPECKER_TOKEN: "{{ woodpecker_token }}"
   delegate_to: localhost
 
 - name: Cancel a pipeline by number
