@@ -51,3 +51,21 @@ def test_writes_replace_the_file_whole_and_leave_no_temporary_files(tmp_path):
     assert metrics.read_text().endswith("up 1\n")
     assert sorted(os.listdir(tmp_path)) == ["probe.prom", "report.json"]
     assert oct(report.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("failure", ["missing directory", "target is a directory", "disk full"])
+def test_a_failed_write_names_the_file_asked_for(tmp_path, monkeypatch, failure):
+    target = tmp_path / "reports" / "scan.json"
+    if failure == "target is a directory":
+        target.parent.mkdir()
+        target.mkdir()
+    elif failure == "disk full":
+        target.parent.mkdir()
+
+        def full(*_args):
+            raise OSError(28, "No space left on device")  # what a full disk raises: no filename at all
+        monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        write_json_report(str(target), {"ok": True})
+    assert caught.value.filename == str(target)
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
