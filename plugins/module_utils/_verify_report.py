@@ -3,7 +3,7 @@
 """What a verification run tells its readers: the returned data, the one-line verdict, the JSON report
 and the Prometheus metrics. One implementation for the module and for the scheduled probe.
 
-No Ansible and no third-party imports. The metrics are documented in one table, in
+No Ansible imports. The metrics are documented in one table, in
 roles/registry_probe/README.md; keep the two in step.
 """
 
