@@ -735,7 +735,7 @@ def test_server_url_must_be_http() -> None:
 LOST_ANSWERS = [("drop", 0.0), ("cut", 0.0), ("slow", 1.5)]
 
 
-@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[k for k, _ in LOST_ANSWERS])
+@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[kind for kind, delay in LOST_ANSWERS])
 def test_a_lost_trigger_answer_is_picked_up_by_its_idempotency_key(
     fake: tuple[FakeWoodpecker, int], kind: str, delay: float
 ) -> None:
@@ -750,7 +750,7 @@ def test_a_lost_trigger_answer_is_picked_up_by_its_idempotency_key(
     assert len(server.api_requests("POST")) == 1 and list(server.repos[repo_id].pipelines) == [1]
 
 
-@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[k for k, _ in LOST_ANSWERS])
+@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[kind for kind, delay in LOST_ANSWERS])
 def test_a_lost_trigger_answer_without_a_key_says_the_pipeline_may_exist(
     fake: tuple[FakeWoodpecker, int], kind: str, delay: float
 ) -> None:
@@ -781,7 +781,7 @@ def test_a_lost_trigger_answer_with_a_key_not_yet_listed_says_a_rerun_picks_it_u
            "idempotency_key" in message
 
 
-@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[k for k, _ in LOST_ANSWERS])
+@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[kind for kind, delay in LOST_ANSWERS])
 def test_a_lost_restart_answer_finds_the_restarted_pipeline(
     fake: tuple[FakeWoodpecker, int], kind: str, delay: float
 ) -> None:

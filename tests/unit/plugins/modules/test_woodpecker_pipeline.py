@@ -257,8 +257,9 @@ def test_a_restart_whose_configuration_does_not_lint_returns_the_stored_pipeline
     assert "does not parse or lint" in run.result["msg"] and not run.result["fallback_used"]
 
 
-def test_a_lost_trigger_answer_with_a_key_returns_the_pipeline_and_warns(run_module: t.Callable[..., Run],
-                                                                        server: FakeWoodpecker) -> None:
+def test_a_lost_trigger_answer_with_a_key_returns_the_pipeline_and_warns(
+    run_module: t.Callable[..., Run], server: FakeWoodpecker
+) -> None:
     server.fault_answer("drop", path=r"/api/repos/\d+/pipelines")
     run = run_module(idempotency_key="incident-7")
     assert not run.failed and run.result["changed"] and run.result["pipeline"] == 1
