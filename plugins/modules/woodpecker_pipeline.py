@@ -23,9 +23,9 @@ description:
     number, and a trigger with O(idempotency_key) for the pipeline carrying the key; one that is found is
     returned with a warning. Otherwise the task fails saying that the pipeline may exist and that running it
     again (with the same O(idempotency_key) for a trigger) picks it up instead of starting a second one.
-  - A restart answered 400 or 500 is explained from the server's text and the pipelines' state: a pipeline
-    that is C(blocked) or C(declined); a configuration that does not parse or lint (the server stores the new
-    pipeline in C(error) anyway, and it is returned); a configuration service that failed.
+  - A restart answered 400 or 500 is explained from the server's text and the pipelines' state. It names a
+    pipeline that is C(blocked) or C(declined), a configuration that does not parse or lint (the server stores
+    the new pipeline in C(error) anyway, and it is returned), or a configuration service that failed.
   - On 1.x servers, which do not send C(Pipeline-Filtered), a 204 to a trigger that stored no pipeline is
     reported as filtered.
   - Reads timestamps in both the v1/v2 (C(created_at), C(start_time)) and v3 (C(created), C(started))

@@ -432,3 +432,35 @@ def test_diagnose_on_a_tag_that_does_not_exist_says_so_and_advises_no_rebuild(
     assert "Not in the registry: team/app:v9." in run.stdout
     assert "rebuild_ci" not in run.stdout and "nothing to rebuild" in run.stdout, run.explain()
     assert "GC incident pattern (tagged index whose child manifests are gone): no" in run.stdout
+
+
+def test_the_readme_install_works_offline_and_a_checkout_runs_its_playbooks(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    """playbooks/README.md: build, install offline with community.docker already there, run from the checkout."""
+    import shutil
+    import subprocess
+
+    from tests.integration.test_playbooks_support import COLLECTIONS, REPO_ROOT, VENV_BIN, ansible_env
+
+    _push_healthy(make_pusher(registry))
+    collections = tmp_path / "home" / ".ansible" / "collections"
+    shutil.copytree(COLLECTIONS / "ansible_collections" / "community" / "docker",
+                    collections / "ansible_collections" / "community" / "docker")
+    env = ansible_env(tmp_path, {"HOME": str(tmp_path / "home"), "ANSIBLE_COLLECTIONS_PATH": str(collections)})
+    galaxy = str(VENV_BIN / "ansible-galaxy")
+    built = subprocess.run([galaxy, "collection", "build", "--output-path", str(tmp_path), "."], cwd=REPO_ROOT,
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    archive = next(tmp_path.glob("selfhosted-registry-*.tar.gz"))
+    installed = subprocess.run([galaxy, "collection", "install", "--offline", "--no-deps", str(archive),
+                                "-p", str(collections)], env=env, capture_output=True, text=True, timeout=300,
+                               check=False)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images=list(HEALTHY)), tmp_path / "run",
+                       env={"HOME": str(tmp_path / "home"), "ANSIBLE_COLLECTIONS_PATH": str(collections)})
+
+    assert run.returncode == 0, run.explain()
+    assert f"{len(HEALTHY)} image(s) checked, 0 broken" in run.stdout, run.explain()
