@@ -68,4 +68,4 @@ def test_a_failed_write_names_the_file_asked_for(tmp_path, monkeypatch, failure)
     with pytest.raises(OSError) as caught:
         write_json_report(str(target), {"ok": True})
     assert caught.value.filename == str(target)
-    assert not [p for p in tmp_path.rglob(".tmp-*")]
+    assert not list(tmp_path.rglob(".tmp-*"))
