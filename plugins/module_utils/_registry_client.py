@@ -50,7 +50,7 @@ _UNVERIFIABLE_STATUSES = frozenset((401, 403, 407, 408, 429))
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 DEFAULT_TOKEN_LIFETIME = 60  # seconds, when the token service omits expires_in
 # Long enough to ride out a registry restart (compose restart, the role's GC stop and start).
-DEFAULT_RETRY_WINDOW = 60.0
+DEFAULT_RETRY_WINDOW = 30.0
 _MAX_BACKOFF = 5.0  # seconds between two tries, however long the window
 # A body cut short after the headers is asked for again this many times. Not the whole window: the
 # registry did answer, and a blob whose data is gone behind the blob cache is cut short every time.
