@@ -394,3 +394,17 @@ def test_an_unreadable_catalog_stops_the_walk(fake: FakeRegistry) -> None:
     fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(503, {"errors": [{"code": "UNAVAILABLE"}]})
     with pytest.raises(WalkError, match="The catalog of 127.0.0.1:[0-9]+ answered 503 UNAVAILABLE."):
         ManifestWalker(RegistryClient(fake.url, retries=0)).verify_catalog()
+
+
+def test_credentials_refused_in_the_middle_of_a_walk_are_unverified_not_broken(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"denied", b"challenged"], tag="v1")
+    denied, challenged = digest_of(b"denied"), digest_of(b"challenged")
+    fake.routes[f"/v2/app/blobs/{denied}"] = lambda seen: json_reply(403, {"errors": [{"code": "DENIED"}]})
+    fake.routes[f"/v2/app/blobs/{challenged}"] = lambda seen: Reply(
+        401, b"", {"WWW-Authenticate": 'Basic realm="r"'})
+    client = RegistryClient(fake.url, username="reader", password="pw", backoff=0.01, retries=1)
+    result = ManifestWalker(client).verify([parse_image_reference("app:v1")])
+    assert not result.broken and result.images[0].outcome == "unverified"
+    assert sorted((u.digest, u.status) for u in result.unverified) == sorted([(denied, 403), (challenged, 401)])
+    assert f"app:v1: Registry 127.0.0.1:{fake.port} rejected the credentials for layer blob {challenged}." in [
+        u.message for u in result.unverified]
