@@ -491,8 +491,9 @@ class RegistryClient:
             return response
 
     def timeout_error(self, what: str, url: str) -> RegistryError:
-        seconds = f"{self.timeout:g} second" + ("" if self.timeout == 1 else "s")
-        return RegistryError(f"{what} at {urlsplit(url).netloc} did not answer completely within the {seconds} timeout.")
+        return RegistryError(
+            f"{what} at {urlsplit(url).netloc} did not answer completely within the {self.timeout:g}-second timeout."
+        )
 
     def _retry_delay(self, attempt: int, retry_after: t.Optional[float], first_failure: float) -> t.Optional[float]:
         """Seconds to wait before the next try, or None when the retries are over.

@@ -220,7 +220,7 @@ def test_a_server_that_drips_is_unverified_within_the_timeout(fake: FakeRegistry
     assert not result.broken
     assert [(u.digest, u.status, u.message) for u in result.unverified] == [(
         layer, None, f"app:v1: layer blob {layer} at 127.0.0.1:{fake.port} did not answer completely"
-                     " within the 1 second timeout.")]
+                     " within the 1-second timeout.")]
 
 
 def test_a_child_manifest_whose_size_differs_from_the_index_is_broken(fake: FakeRegistry) -> None:

@@ -447,7 +447,7 @@ def test_a_server_that_drips_its_headers_is_abandoned_at_the_timeout(server: Loo
     with pytest.raises(RegistryError) as caught:
         client_for(server, timeout=1).get_manifest("app", "v1")
     assert caught.value.message == (
-        f"manifest app:v1 at 127.0.0.1:{server.port} did not answer completely within the 1 second timeout.")
+        f"manifest app:v1 at 127.0.0.1:{server.port} did not answer completely within the 1-second timeout.")
     assert caught.value.status is None and caught.value.says_nothing_about_the_object
     # A server too slow to answer is not asked again: the next try would be as slow.
     assert len(server.requests_to("/manifests/v1")) == 1
@@ -457,7 +457,7 @@ def test_a_server_that_drips_its_body_is_abandoned_at_the_timeout(server: Loopba
     body = MANIFEST + b" " * 200
     server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(
         200, body, {"Content-Type": OCI_MANIFEST}, drip=0.05, drip_body_only=True)
-    with pytest.raises(RegistryError, match="did not answer completely within the 1 second timeout"):
+    with pytest.raises(RegistryError, match="did not answer completely within the 1-second timeout"):
         client_for(server, timeout=1).get_manifest("app", "v1")
 
 
@@ -466,7 +466,7 @@ def test_a_blob_read_that_drips_is_abandoned_at_the_timeout(server: LoopbackServ
         206, b"x", {"Content-Range": "bytes 0-0/42"}, drip=0.05)
     with pytest.raises(RegistryError) as caught:
         client_for(server, timeout=1).check_blob("app", BLOB, "read")
-    assert "did not answer completely within the 1 second timeout" in caught.value.message
+    assert "did not answer completely within the 1-second timeout" in caught.value.message
     assert caught.value.says_nothing_about_the_object
 
 
