@@ -20,8 +20,8 @@ description:
     (404, a body that does not hash to its digest, content that is not a manifest). V(unverified) means the
     registry did not answer for it (429 or 5xx after retries, a timeout, a refused connection, rejected
     credentials, a redirect that cannot be followed, a body cut short every time it was read), which is a probe
-    error, never reported as damage. The one exception is a blob cut short every time in O(blob_check=read):
-    that is the registry's blob cache answering for data that is gone, so it is broken.
+    error, never reported as damage. The one exception is a blob cut short every time in O(blob_check=read),
+    which is the registry's blob cache answering for data that is gone, so it is broken.
   - In catalog mode a repository whose tag list cannot be read is reported under RV(repository_errors) and
     every other repository is still verified. A registry or catalog that cannot be read at all fails the
     task with RV(verified=false).

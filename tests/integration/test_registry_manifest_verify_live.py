@@ -402,8 +402,9 @@ def test_a_registry_that_stays_down_is_unverified_after_the_window_not_broken(
     assert all(u.digest and "connection refused" in u.message for u in result.unverified), result.unverified
 
 
-def test_the_probe_rides_out_a_registry_restart(registry: RegistryServer, pusher: ImagePusher,
-                                                 tmp_path: pathlib.Path) -> None:
+def test_the_probe_rides_out_a_registry_restart(
+    registry: RegistryServer, pusher: ImagePusher, tmp_path: pathlib.Path
+) -> None:
     from tests.harness.probe import Probe
 
     pusher.push_index("infra-ci", "latest", seed="probe")
