@@ -87,8 +87,8 @@ def result_message(result: WalkResult) -> str:
             counted.append(f"{summary.unverified_images} images")
         if summary.repository_errors:
             counted.append(f"{summary.repository_errors} repositories")
-        parts.append(f"Could not verify {' and '.join(counted)} (the registry did not answer for them,"
-                     f" which is not damage): {'; '.join(reasons)}.")
+        parts.append(f"Could not verify {' and '.join(counted)} (the registry did not answer for them"
+                     f" or refused the credentials, which is not damage): {'; '.join(reasons)}.")
     return " ".join(parts)
 
 

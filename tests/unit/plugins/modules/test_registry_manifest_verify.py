@@ -181,6 +181,6 @@ def test_retry_window_rides_out_a_registry_that_fails_for_a_while(
     given_up = run_module({"registry_url": fake.url, "images": ["team/app:v1"], "retry_window": 0}, capsys)
     assert given_up["failed"] is True and given_up["broken"] == []
     assert given_up["msg"] == (
-        "Could not verify 1 images (the registry did not answer for them, which is not damage):"
+        "Could not verify 1 images (the registry did not answer for them or refused the credentials, which is not damage):"
         " team/app:v1: manifest of tag v1 answered 503 UNAVAILABLE.")
     assert [(u["status"], u["error_code"]) for u in given_up["unverified"]] == [(503, "UNAVAILABLE")]
