@@ -39,9 +39,8 @@ options:
     type: path
   timeout:
     description:
-      - Seconds to wait for each HTTP request (connect and read).
-      - Failed requests (connection errors, HTTP 408, 429 and 5xx) are retried three times with backoff,
-        honouring C(Retry-After) up to 10 seconds.
+      - Seconds each HTTP request may take in all (connecting, the headers and the body together), so a server
+        that answers a byte at a time cannot stall the run. A request that runs out of time is not retried.
     type: int
     default: 30
 requirements:

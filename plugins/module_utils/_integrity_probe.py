@@ -32,7 +32,7 @@ import sys
 import typing as t
 
 from ._manifest_walk import BLOB_CHECK_MODES, ManifestCache, ManifestWalker
-from ._registry_client import RegistryClient, RegistryError
+from ._registry_client import DEFAULT_RETRY_WINDOW, RegistryClient, RegistryError
 from ._report_files import pushgateway_url_problem, redact_url, write_json_report, write_metrics
 from ._verify_report import DEFAULT_PUSHGATEWAY_JOB, VerifyRun, push_run_metrics, read_previous_run, run_verification
 
@@ -72,6 +72,16 @@ def _job_name(text: str) -> str:
     return text
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="registry-probe",
@@ -93,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="head: headers only; read: the first byte of every blob (default head)")
     parser.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--timeout", type=_positive_int, default=30, help="seconds per request (default 30)")
+    parser.add_argument("--retry-window", type=_non_negative_int, default=int(DEFAULT_RETRY_WINDOW), metavar="SECONDS",
+                        help="keep retrying connection errors, 408, 429 and 5xx this long, so a run rides out a"
+                             f" registry restart; 0: no retries (default {int(DEFAULT_RETRY_WINDOW)})")
     parser.add_argument("--interval", type=_positive_int, metavar="SECONDS",
                         help="how often the probe is scheduled; exported for the staleness alert")
     parser.add_argument("--manifest-cache", metavar="DIR",
@@ -189,7 +202,7 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
         try:
             client = RegistryClient(options.registry_url, username=username, password=password,
                                     verify=options.ca_path or True, timeout=float(options.timeout),
-                                    pool_size=options.concurrency)
+                                    pool_size=options.concurrency, retry_window=float(options.retry_window))
         except RegistryError as exc:
             raise ProbeError(exc.message) from None
         cache = None

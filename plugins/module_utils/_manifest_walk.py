@@ -25,6 +25,7 @@ from ._registry_client import (
     RegistryClient,
     RegistryError,
     compute_digest,
+    named_with_digest,
 )
 from ._report_files import write_atomic
 
@@ -161,12 +162,34 @@ class _Node:
     __slots__ = ("what", "digest", "media_type", "problem", "edges", "skipped_foreign")
 
     def __init__(self, what: str) -> None:
-        self.what = what  # how messages name it: "manifest", "child manifest sha256:..", "layer blob sha256:.."
+        # How messages name it: "manifest of tag v1", "child manifest sha256:..", "layer blob sha256:..".
+        self.what = what
         self.digest: t.Optional[str] = None
         self.media_type: t.Optional[str] = None
         self.problem: t.Optional[RegistryError] = None
         self.edges: t.List[_Edge] = []
         self.skipped_foreign = 0
+
+
+def _json_type(value: t.Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "a list"
+
+
+def _descriptor_size(descriptor: t.Dict[str, t.Any]) -> t.Optional[int]:
+    size = descriptor.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
+
+
+def _root_name(image: ImageReference) -> str:
+    return f"manifest {image.digest}" if image.digest else f"manifest of tag {image.reference}"
 
 
 def platform_string(platform: t.Any) -> str:
@@ -229,9 +252,11 @@ class ManifestWalker:
             if key[0] == "blob":
                 self._check_blob(node, key[1], key[2], expected_size)
             else:
-                self._fetch_manifest(node, key[1], key[2], depth)
+                self._fetch_manifest(node, key[1], key[2], depth, expected_size)
         except RegistryError as exc:
             node.problem = exc
+            # The answer may have told the digest even though the object is bad (a hashed body, the header).
+            node.digest = node.digest or exc.digest
         except Exception as exc:  # a bug or a library surprise must not hang the run or lose the object
             node.problem = RegistryError(f"{node.what} could not be checked ({type(exc).__name__}).")
         finally:
@@ -255,7 +280,9 @@ class ManifestWalker:
                 f"{node.what} is {check.size} bytes, but the manifest says {expected_size}.", status=check.status
             )
 
-    def _fetch_manifest(self, node: _Node, repository: str, reference: str, depth: int) -> None:
+    def _fetch_manifest(
+        self, node: _Node, repository: str, reference: str, depth: int, expected_size: t.Optional[int]
+    ) -> None:
         if not self.descend and depth == 0:
             # Mirror mode: a HEAD proves the tag resolves without making the mirror fetch anything else.
             digest = self.client.head_manifest(repository, reference, what=node.what)[1]
@@ -273,7 +300,14 @@ class ManifestWalker:
             self._walk_document(node, repository, json.loads(remembered), depth)
             return
         node.digest = manifest.digest
+        node.what = named_with_digest(node.what, manifest.digest)
         node.media_type = manifest.media_type
+        if expected_size is not None and len(manifest.body) != expected_size:
+            # The body hashes to its digest, so the index's descriptor is wrong: a pull checks both and fails.
+            node.problem = RegistryError(
+                f"{node.what} is {len(manifest.body)} bytes, but the index says {expected_size}.",
+                status=200, digest=manifest.digest,
+            )
         if self.cache is not None:
             self.cache.put(manifest.digest, manifest.body)
         if not is_digest(reference):
@@ -340,7 +374,7 @@ class ManifestWalker:
             child = Child(digest, media_type, platform, kind)
             key = ("manifest", repository, digest)
             node.edges.append(_Edge(key, "manifest", label, child))
-            self._schedule(key, f"{label} {digest}", depth + 1)
+            self._schedule(key, f"{label} {digest}", depth + 1, expected_size=_descriptor_size(entry))
 
     @staticmethod
     def _is_attestation(entry: t.Dict[str, t.Any]) -> bool:
@@ -352,8 +386,12 @@ class ManifestWalker:
     def _image_edges(self, node: _Node, repository: str, document: t.Dict[str, t.Any]) -> None:
         config = document.get("config")
         layers = document.get("layers")
-        if not isinstance(config, dict) or not is_digest(str(config.get("digest", ""))) or not isinstance(layers, list):
-            node.problem = RegistryError(f"{node.what} has no valid config and layers.", status=200)
+        if not isinstance(config, dict) or not is_digest(str(config.get("digest", ""))):
+            node.problem = RegistryError(f"{node.what} has no config with a valid digest.", status=200)
+            return
+        if not isinstance(layers, list):
+            detail = "no layers list" if layers is None else f"a layers field that is {_json_type(layers)}, not a list"
+            node.problem = RegistryError(f"{node.what} has {detail}.", status=200)
             return
         blobs = [("config", "config blob", config)]
         for layer in layers:
@@ -368,9 +406,7 @@ class ManifestWalker:
         for object_type, label, descriptor in blobs:
             key = ("blob", repository, descriptor["digest"])
             node.edges.append(_Edge(key, object_type, label, None))
-            size = descriptor.get("size")
-            size = size if isinstance(size, int) else None
-            self._schedule(key, f"{label} {descriptor['digest']}", expected_size=size)
+            self._schedule(key, f"{label} {descriptor['digest']}", expected_size=_descriptor_size(descriptor))
 
     # -- runs -----------------------------------------------------------------------------------
 
@@ -381,7 +417,7 @@ class ManifestWalker:
             # Digest-pinned references first: their node exists before any tag resolves to the same digest,
             # so the count of requests does not depend on thread timing.
             for image in sorted(images, key=lambda image: image.digest is None):
-                self._schedule(("manifest", image.repository, image.reference), "manifest")
+                self._schedule(("manifest", image.repository, image.reference), _root_name(image))
             self._wait_idle()
         finally:
             self._stop()
@@ -418,7 +454,7 @@ class ManifestWalker:
                 for tag in sorted(set(tags)):
                     image = ImageReference(name, tag, None)
                     images.append(image)
-                    self._schedule(("manifest", name, tag), "manifest")
+                    self._schedule(("manifest", name, tag), _root_name(image))
             self._wait_idle()
         finally:
             self._stop()

@@ -13,6 +13,7 @@ import email.utils
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 import typing as t
@@ -21,6 +22,8 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 try:
     import requests
     from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 except ImportError as exc:  # the module reports this with missing_required_lib
     requests = None  # type: ignore[assignment]
     REQUESTS_IMPORT_ERROR: t.Optional[ImportError] = exc
@@ -46,6 +49,13 @@ RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
 _UNVERIFIABLE_STATUSES = frozenset((401, 403, 407, 408, 429))
 REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 DEFAULT_TOKEN_LIFETIME = 60  # seconds, when the token service omits expires_in
+# Long enough to ride out a registry restart (compose restart, the role's GC stop and start).
+DEFAULT_RETRY_WINDOW = 30.0
+_MAX_BACKOFF = 5.0  # seconds between two tries, however long the window
+# A body cut short after the headers is asked for again this many times. Not the whole window: the
+# registry did answer, and a blob whose data is gone behind the blob cache is cut short every time.
+_CUT_RETRIES = 2
+_MAX_REDIRECTS = 5
 _TOKEN_MARGIN = 5  # renew this many seconds before expiry so a token never dies in flight
 _MAX_PAGES = 100000
 _SUPPORTED_DIGESTS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
@@ -54,11 +64,18 @@ _SUPPORTED_DIGESTS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
 class RegistryError(Exception):
     """One failed registry operation: a one-sentence message, the HTTP status and the error code."""
 
-    def __init__(self, message: str, status: t.Optional[int] = None, error_code: t.Optional[str] = None):
+    def __init__(
+        self,
+        message: str,
+        status: t.Optional[int] = None,
+        error_code: t.Optional[str] = None,
+        digest: t.Optional[str] = None,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.error_code = error_code
+        self.digest = digest  # the object's digest when the answer told it (a hashed body, Docker-Content-Digest)
 
     @property
     def says_nothing_about_the_object(self) -> bool:
@@ -96,6 +113,103 @@ def compute_digest(body: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{_SUPPORTED_DIGESTS[algorithm](body).hexdigest()}"
 
 
+def named_with_digest(what: str, digest: t.Optional[str]) -> str:
+    """How a message names an object asked for by tag once its digest is known: ``manifest app:v1 (sha256:..)``."""
+    if not digest or digest in what:
+        return what
+    return f"{what} ({digest})"
+
+
+# -- a deadline for the whole request ---------------------------------------------------------
+# requests' timeout bounds each socket read, so a server that sends a byte every few seconds is never
+# timed out. Each request sets a deadline for its thread; every read on a connection of this client
+# waits at most until then. One request runs at a time per thread and its body is read in that thread.
+_DEADLINE = threading.local()
+
+
+class _DeadlineTimeout(socket.timeout):
+    """The request's deadline passed while its answer was still arriving."""
+
+
+class _DeadlineSocket:
+    """Mixed into the class of a connected socket (plain or TLS): each read is bounded by the deadline."""
+
+    __slots__ = ()
+
+    def _bound_read(self) -> None:
+        end = getattr(_DEADLINE, "end", None)
+        if end is None:
+            return
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise _DeadlineTimeout("the request's deadline passed")
+        self.settimeout(min(remaining, _DEADLINE.read_timeout))  # type: ignore[attr-defined]
+
+    def recv(self, *args: t.Any, **kwargs: t.Any) -> bytes:
+        self._bound_read()
+        return super().recv(*args, **kwargs)  # type: ignore[misc]
+
+    def recv_into(self, *args: t.Any, **kwargs: t.Any) -> int:
+        self._bound_read()
+        return super().recv_into(*args, **kwargs)  # type: ignore[misc]
+
+
+_DEADLINE_CLASSES: t.Dict[type, type] = {}
+
+
+def _with_deadline(sock: t.Any) -> None:
+    cls = type(sock)
+    if sock is None or issubclass(cls, _DeadlineSocket):
+        return
+    bounded = _DEADLINE_CLASSES.get(cls)
+    if bounded is None:
+        # Same memory layout as cls (no new slots), so the live socket can take the class in place.
+        bounded = _DEADLINE_CLASSES.setdefault(cls, type(f"Deadline{cls.__name__}", (_DeadlineSocket, cls),
+                                                         {"__slots__": ()}))
+    sock.__class__ = bounded
+
+
+if requests is not None:
+
+    class _DeadlineHTTPConnection(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            _with_deadline(self.sock)
+
+    class _DeadlineHTTPSConnection(HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            _with_deadline(self.sock)
+
+    class _DeadlineHTTPPool(HTTPConnectionPool):
+        ConnectionCls = _DeadlineHTTPConnection
+
+    class _DeadlineHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _DeadlineHTTPSConnection
+
+    class _DeadlineAdapter(HTTPAdapter):
+        """An adapter whose connections honour the per-request deadline."""
+
+        def init_poolmanager(self, *args: t.Any, **kwargs: t.Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
+class _CutShort(Exception):
+    """A body that ended before it was complete (reset, closed early, shorter than its Content-Length)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    if isinstance(exc, (requests.Timeout, socket.timeout)):
+        return True
+    # A timeout while reading a body comes wrapped: requests' ConnectionError around urllib3's ReadTimeoutError.
+    return "timed out" in str(exc) or any(isinstance(arg, socket.timeout) for arg in getattr(exc, "args", ()))
+
+
 def _short_reason(exc: BaseException) -> str:
     """The useful end of a requests/urllib3 error, without URLs or nested reprs."""
     text = str(exc)
@@ -114,7 +228,7 @@ def _short_reason(exc: BaseException) -> str:
     ):
         if needle in text:
             return reason
-    if isinstance(exc, requests.Timeout):
+    if _is_timeout(exc):
         return "timed out"
     if isinstance(exc, requests.exceptions.SSLError):
         return "TLS handshake failed"
@@ -170,7 +284,8 @@ class RegistryClient:
         verify: t.Union[bool, str] = True,
         timeout: float = 30.0,
         pool_size: int = 8,
-        retries: int = 3,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
+        retries: t.Optional[int] = None,
         backoff: float = 0.25,
         max_retry_after: float = 10.0,
         user_agent: str = "selfhosted.registry",
@@ -187,7 +302,10 @@ class RegistryClient:
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc
         self.timeout = timeout
-        self.retries = max(0, retries)
+        # 408, 429, 5xx and connection errors are retried until retry_window seconds after the first
+        # failure; retries (None: no limit) caps the number of tries as well.
+        self.retry_window = max(0.0, float(retry_window))
+        self.retries = None if retries is None else max(0, retries)
         self.backoff = backoff
         self.max_retry_after = max_retry_after
         self._username = username or None
@@ -195,7 +313,7 @@ class RegistryClient:
         self._verify = verify
         self._session = requests.Session()
         self._session.trust_env = False  # no netrc credentials or proxies picked up behind the user's back
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(1, pool_size), max_retries=0)
+        adapter = _DeadlineAdapter(pool_connections=2, pool_maxsize=max(1, pool_size), max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers["User-Agent"] = user_agent
@@ -208,6 +326,7 @@ class RegistryClient:
         self._tokens: t.Dict[str, _Token] = {}
         self._token_locks: t.Dict[str, threading.Lock] = {}
         self._request_count = 0
+        self._failing_since: t.Optional[float] = None  # when the registry last began to fail, None when it answers
         self._clock = clock  # token expiry only; tests pass their own
 
     def __repr__(self) -> str:
@@ -319,40 +438,84 @@ class RegistryClient:
     # -- transport ------------------------------------------------------------------------------
 
     def _send(self, method: str, url: str, what: str, **kwargs: t.Any) -> requests.Response:
-        """One request with retries for 408/429/5xx and connection errors; never follows redirects."""
+        """One request with retries for 408/429/5xx and connection errors; never follows redirects.
+
+        Each try must be complete (headers, and the body when the caller reads it at once) within
+        ``timeout`` seconds. A try that runs out of time is not repeated: a registry too slow to answer
+        would be as slow again, and the wait would multiply.
+        """
         kwargs.setdefault("timeout", self.timeout)
         kwargs.setdefault("allow_redirects", False)
         kwargs.setdefault("verify", self._verify)
         attempt = 0
+        first_failure: t.Optional[float] = None
         while True:
             with self._lock:
                 self._request_count += 1
+            _DEADLINE.end = time.monotonic() + self.timeout
+            _DEADLINE.read_timeout = self.timeout
             try:
                 response = self._session.request(method, url, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if isinstance(exc, requests.exceptions.SSLError) or attempt >= self.retries:
+                if isinstance(exc, requests.exceptions.SSLError):
+                    raise RegistryError(f"Could not reach {what} at {urlsplit(url).netloc}: {_short_reason(exc)}.") from None
+                if _is_timeout(exc) and not isinstance(exc, requests.ConnectTimeout):
+                    raise self.timeout_error(what, url) from None
+                first_failure = first_failure or time.monotonic()
+                delay = self._retry_delay(attempt, None, first_failure)
+                if delay is None:
                     raise RegistryError(
                         f"Could not reach {what} at {urlsplit(url).netloc}: {_short_reason(exc)}."
                     ) from None
-                self._sleep(attempt, None)
+                time.sleep(delay)
                 attempt += 1
                 continue
+            except requests.exceptions.InvalidSchema:
+                raise RegistryError(
+                    f"{what} points to an {urlsplit(url).scheme} URL, which cannot be followed (only http and https can)."
+                ) from None
             except requests.RequestException as exc:
                 raise RegistryError(f"Request for {what} failed: {_short_reason(exc)}.") from None
-            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+            if response.status_code in RETRY_STATUSES:
+                first_failure = first_failure or time.monotonic()
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-                response.close()
-                self._sleep(attempt, retry_after)
-                attempt += 1
-                continue
+                delay = self._retry_delay(attempt, retry_after, first_failure)
+                if delay is not None:
+                    response.close()
+                    time.sleep(delay)
+                    attempt += 1
+                    continue
+            else:
+                with self._lock:
+                    self._failing_since = None  # it answers: the next failure starts a new window
             return response
 
-    def _sleep(self, attempt: int, retry_after: t.Optional[float]) -> None:
-        delay = self.backoff * (2 ** attempt)
+    def timeout_error(self, what: str, url: str) -> RegistryError:
+        return RegistryError(
+            f"{what} at {urlsplit(url).netloc} did not answer completely within the {self.timeout:g}-second timeout."
+        )
+
+    def _retry_delay(self, attempt: int, retry_after: t.Optional[float], first_failure: float) -> t.Optional[float]:
+        """Seconds to wait before the next try, or None when the retries are over.
+
+        The window starts at this request's first failure, or earlier when the registry was already
+        failing for other requests: once it has failed for the whole window, each object gets one try,
+        so a registry that stays down ends a catalog walk in about one window, not one per object.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if self._failing_since is None:
+                self._failing_since = first_failure
+            end = min(first_failure, self._failing_since) + self.retry_window
+        if self.retries is not None and attempt >= self.retries:
+            return None
+        delay = min(self.backoff * (2 ** attempt), _MAX_BACKOFF)
         if retry_after is not None:
             # The server knows best, within reason: a huge Retry-After must not stall the run.
             delay = min(max(retry_after, 0.0), self.max_retry_after)
-        time.sleep(delay)
+        if now + delay > end:
+            return None
+        return delay
 
     def request(
         self,
@@ -397,10 +560,24 @@ class RegistryClient:
         raise RegistryError(message, status=401, error_code=code)
 
     def _fail(self, response: requests.Response, what: str) -> RegistryError:
+        if response.status_code in REDIRECT_STATUSES:
+            response.close()
+            target = urlsplit(urljoin(response.url, response.headers.get("Location") or "")).netloc or "nowhere"
+            return RegistryError(
+                f"{what} answered a redirect (HTTP {response.status_code} to {target}), which is not followed.",
+                status=response.status_code,
+            )
         code = _error_code(response) if response.request.method != "HEAD" else None
         response.close()
         detail = f"{response.status_code} {code}" if code else f"HTTP {response.status_code}"
         return RegistryError(f"{what} answered {detail}.", status=response.status_code, error_code=code)
+
+    def _pause_after_cut(self, attempt: int) -> bool:
+        """Wait before asking again for a body cut short; False when the tries are over."""
+        if attempt >= _CUT_RETRIES or (self.retries is not None and attempt >= self.retries):
+            return False
+        time.sleep(min(self.backoff * (2 ** attempt), _MAX_BACKOFF))
+        return True
 
     # -- API --------------------------------------------------------------------------------------
 
@@ -424,51 +601,67 @@ class RegistryClient:
     def get_manifest(self, repository: str, reference: str, what: str = "") -> Manifest:
         """GET a manifest by tag or digest; the body is hash-checked against what was asked for."""
         what = what or _manifest_name(repository, reference)
-        response = self.request(
-            "GET",
-            f"{self._repo_path(repository)}/manifests/{quote(reference, safe=':')}",
-            what,
-            scope=f"repository:{repository}:pull",
-            headers={"Accept": MANIFEST_ACCEPT},
-            stream=True,
-        )
-        try:
-            if response.status_code != 200:
-                raise self._fail(response, what)
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
-                raise RegistryError(
-                    f"{what} is {int(declared)} bytes, larger than the {MAX_MANIFEST_BYTES // 1048576} MiB"
-                    " a registry accepts for a manifest.",
-                    status=200,
-                )
-            body = self._read_capped(response, MAX_MANIFEST_BYTES, what)
-            header_digest = response.headers.get("Docker-Content-Digest")
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-        finally:
-            response.close()
+        attempt = 0
+        header_digest: t.Optional[str] = None
+        while True:
+            response = self.request(
+                "GET",
+                f"{self._repo_path(repository)}/manifests/{quote(reference, safe=':')}",
+                what,
+                scope=f"repository:{repository}:pull",
+                headers={"Accept": MANIFEST_ACCEPT},
+                stream=True,
+            )
+            try:
+                if response.status_code != 200:
+                    raise self._fail(response, what)
+                header_digest = response.headers.get("Docker-Content-Digest") or None
+                content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+                declared = response.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+                    raise RegistryError(
+                        f"{named_with_digest(what, header_digest)} is {int(declared)} bytes, larger than the"
+                        f" {MAX_MANIFEST_BYTES // 1048576} MiB a registry accepts for a manifest.",
+                        status=200,
+                        digest=header_digest,
+                    )
+                body = self._read_capped(response, MAX_MANIFEST_BYTES, what, "a registry accepts for a manifest")
+                break
+            except _CutShort as cut:
+                if not self._pause_after_cut(attempt):
+                    # No status: a body cut short says nothing about the object, only about the connection.
+                    raise RegistryError(f"{what} could not be read completely ({cut.reason}).",
+                                        digest=header_digest) from None
+                attempt += 1
+            finally:
+                response.close()
 
         algorithm = reference.split(":", 1)[0] if ":" in reference else "sha256"
         if algorithm not in _SUPPORTED_DIGESTS:
             raise RegistryError(f"{what} uses the unsupported digest algorithm {algorithm!r}.", status=200)
         digest = compute_digest(body, algorithm)
         if ":" in reference and digest != reference:
-            raise RegistryError(f"{what} has content whose digest is {digest}, not the one asked for.", 200)
+            raise RegistryError(f"{what} has content whose digest is {digest}, not the one asked for.", 200,
+                                digest=reference)
         if header_digest and header_digest.split(":", 1)[0] in _SUPPORTED_DIGESTS:
             if compute_digest(body, header_digest.split(":", 1)[0]) != header_digest:
+                # The registry's digest names the object in its storage; the message says what the body hashes to.
                 raise RegistryError(
-                    f"{what} has content whose digest is {digest}, but the registry claims {header_digest}.", 200
+                    f"{what} has content whose digest is {digest}, but the registry claims {header_digest}.", 200,
+                    digest=header_digest,
                 )
+        named = named_with_digest(what, digest)
         try:
             document = json.loads(body)
         except ValueError:
             kind = content_type or "no content type"
-            raise RegistryError(f"{what} is not JSON ({kind}).", status=200) from None
+            raise RegistryError(f"{named} is not JSON ({kind}).", status=200, digest=digest) from None
         except RecursionError:
             # The registry stores any JSON it is given; nesting this deep is hostile, never a manifest.
-            raise RegistryError(f"{what} is JSON nested too deeply to be a manifest.", status=200) from None
+            raise RegistryError(f"{named} is JSON nested too deeply to be a manifest.", status=200,
+                                digest=digest) from None
         if not isinstance(document, dict):
-            raise RegistryError(f"{what} is JSON but not a manifest object.", status=200)
+            raise RegistryError(f"{named} is JSON but not a manifest object.", status=200, digest=digest)
         media_type = document.get("mediaType") or content_type
         if not isinstance(media_type, str):
             media_type = content_type
@@ -530,15 +723,60 @@ class RegistryClient:
         if mode != "read":
             raise RegistryError(f"Unknown blob check mode {mode!r}.")
 
+        attempt = 0
+        while True:
+            response, redirected = self._open_first_byte(path, what, scope)
+            try:
+                if response.status_code not in (200, 206):
+                    raise self._fail(response, what)
+                try:
+                    first = response.raw.read(1)
+                except Exception as exc:  # urllib3 raises several types for a body cut short
+                    if _is_timeout(exc):
+                        raise self.timeout_error(what, response.url) from None
+                    first = b""
+                if first:
+                    length = None
+                    content_range = response.headers.get("Content-Range", "")
+                    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+                        length = int(content_range.rsplit("/", 1)[1])
+                    elif response.status_code == 200 and (response.headers.get("Content-Length") or "").isdigit():
+                        length = int(response.headers["Content-Length"])
+                    return BlobCheck(response.status_code, length, redirected)
+                status = response.status_code
+            finally:
+                response.close()
+            # Cut short: once may be the network; every time is what 2.8 does after GC on a running registry.
+            if not self._pause_after_cut(attempt):
+                raise RegistryError(
+                    f"{what} answered {status} but sent no content"
+                    " (its data is gone while the registry's blob cache still lists it).",
+                    status=status,
+                )
+            attempt += 1
+
+    def _open_first_byte(self, path: str, what: str, scope: str) -> t.Tuple[requests.Response, bool]:
+        """GET the first byte of a blob, following redirects (object storage); returns the answer and
+        whether it was redirected."""
         response = self.request("GET", path, what, scope=scope, headers={"Range": "bytes=0-0"}, stream=True)
         redirected = False
         hops = 0
-        while response.status_code in REDIRECT_STATUSES and hops < 5:
+        while response.status_code in REDIRECT_STATUSES:
+            status = response.status_code
             location = response.headers.get("Location")
             response.close()
             if not location:
-                raise RegistryError(f"{what} answered a redirect without a location.", response.status_code)
+                raise RegistryError(f"{what} answered a redirect (HTTP {status}) without a location.", status)
+            if hops >= _MAX_REDIRECTS:
+                raise RegistryError(f"{what} kept redirecting (more than {_MAX_REDIRECTS} redirects).", status)
             target = urljoin(response.url, location)
+            scheme = urlsplit(target).scheme
+            if scheme not in ("http", "https"):
+                raise RegistryError(
+                    f"{what} redirects to an {scheme or 'unnamed'} URL, which cannot be followed"
+                    " (only http and https can).",
+                    status,
+                )
             redirected = True
             hops += 1
             same_origin = urlsplit(target)[:2] == urlsplit(self.base_url)[:2]
@@ -548,32 +786,10 @@ class RegistryClient:
             else:
                 # Another host (object storage): it gets a signed URL, never our credentials.
                 response = self._send("GET", target, what, headers={"Range": "bytes=0-0"}, stream=True)
-        try:
-            if response.status_code not in (200, 206):
-                raise self._fail(response, what)
-            try:
-                first = response.raw.read(1)
-            except Exception:  # urllib3 raises several types for a body cut short
-                first = b""
-            if not first:
-                # Seen after GC on a running registry: the blob-descriptor cache answers, the data is gone.
-                raise RegistryError(
-                    f"{what} answered {response.status_code} but sent no content"
-                    " (its data is gone while the registry's blob cache still lists it).",
-                    status=response.status_code,
-                )
-            length = None
-            content_range = response.headers.get("Content-Range", "")
-            if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-                length = int(content_range.rsplit("/", 1)[1])
-            elif response.status_code == 200 and (response.headers.get("Content-Length") or "").isdigit():
-                length = int(response.headers["Content-Length"])
-            return BlobCheck(response.status_code, length, redirected)
-        finally:
-            response.close()
+        return response, redirected
 
-    @staticmethod
-    def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+    def _read_capped(self, response: requests.Response, limit: int, what: str, limit_text: str) -> bytes:
+        """The whole body; raises _CutShort when it ends early, RegistryError when too large or too slow."""
         chunks = []
         size = 0
         try:
@@ -581,13 +797,18 @@ class RegistryClient:
                 size += len(chunk)
                 if size > limit:
                     raise RegistryError(
-                        f"{what} is larger than the {limit // 1048576} MiB a registry accepts for a manifest.",
+                        f"{what} is larger than the {limit // 1048576} MiB {limit_text}.",
                         status=response.status_code,
                     )
                 chunks.append(chunk)
         except requests.RequestException as exc:
-            # No status: a body cut short says nothing about the object, only about the connection.
-            raise RegistryError(f"{what} could not be read completely ({_short_reason(exc)}).") from None
+            if _is_timeout(exc):
+                raise self.timeout_error(what, response.url) from None
+            raise _CutShort(_short_reason(exc)) from None
+        declared = response.headers.get("Content-Length") or ""
+        if declared.isdigit() and not response.headers.get("Content-Encoding") and size < int(declared):
+            # Some urllib3 versions hand over a short body without complaint.
+            raise _CutShort("the answer was cut short")
         return b"".join(chunks)
 
     def _paginate(self, first_path: str, key: str, what: str, scope: str) -> t.List[str]:
@@ -599,15 +820,7 @@ class RegistryClient:
             if url in seen or len(seen) >= _MAX_PAGES:
                 raise RegistryError(f"The {what} pagination of {self.host} loops back to a page already read.")
             seen.add(url)
-            response = self.request("GET", "", f"the {what}", scope=scope, url=url, stream=True,
-                                    headers={"Accept": "application/json"})
-            try:
-                if response.status_code != 200:
-                    raise self._fail(response, f"The {what} of {self.host}")
-                body = self._read_capped(response, MAX_LISTING_BYTES, f"The {what} of {self.host}")
-                link = response.headers.get("Link", "")
-            finally:
-                response.close()
+            body, link = self._read_page(url, what, scope)
             try:
                 document = json.loads(body)
                 page = document.get(key) if isinstance(document, dict) else None
@@ -624,6 +837,25 @@ class RegistryClient:
             names.extend(page)
             url = self._next_link(link, url, what)
         return names
+
+    def _read_page(self, url: str, what: str, scope: str) -> t.Tuple[bytes, str]:
+        """One listing page and its Link header; a page cut short is asked for again."""
+        attempt = 0
+        while True:
+            response = self.request("GET", "", f"the {what}", scope=scope, url=url, stream=True,
+                                    headers={"Accept": "application/json"})
+            try:
+                if response.status_code != 200:
+                    raise self._fail(response, f"The {what} of {self.host}")
+                body = self._read_capped(response, MAX_LISTING_BYTES, f"The {what} of {self.host}",
+                                         "allowed for a listing")
+                return body, response.headers.get("Link", "")
+            except _CutShort as cut:
+                if not self._pause_after_cut(attempt):
+                    raise RegistryError(f"The {what} of {self.host} could not be read completely ({cut.reason}).") from None
+                attempt += 1
+            finally:
+                response.close()
 
     def _next_link(self, header: str, current: str, what: str) -> t.Optional[str]:
         match = re.search(r'<([^>]*)>\s*;[^,]*rel="?next"?', header)

@@ -29,11 +29,14 @@ def registry_connection_argument_spec() -> t.Dict[str, t.Dict[str, t.Any]]:
     return {name: dict(spec) for name, spec in REGISTRY_CONNECTION_ARGUMENT_SPEC.items()}
 
 
-def build_registry_client(params: t.Mapping[str, t.Any], pool_size: int = 8) -> RegistryClient:
+def build_registry_client(
+    params: t.Mapping[str, t.Any], pool_size: int = 8, retry_window: t.Optional[float] = None
+) -> RegistryClient:
     """The client for the connection options in ``params`` (raises RegistryError on a bad URL)."""
     verify: t.Union[bool, str] = bool(params["validate_certs"])
     if verify and params.get("ca_path"):
         verify = params["ca_path"]
+    extra: t.Dict[str, t.Any] = {} if retry_window is None else {"retry_window": retry_window}
     return RegistryClient(
         params["registry_url"],
         username=params.get("username"),
@@ -41,4 +44,5 @@ def build_registry_client(params: t.Mapping[str, t.Any], pool_size: int = 8) -> 
         verify=verify,
         timeout=float(params["timeout"]),
         pool_size=pool_size,
+        **extra,
     )

@@ -34,9 +34,16 @@ class Metric(t.NamedTuple):
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write text to path so that readers see either the old or the new content."""
+    """Write text to path so that readers see either the old or the new content.
+
+    An OSError names ``path`` as its filename whatever step failed, so a message built from it names
+    the file the user asked for, never None (a full disk) or the temporary file.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -44,11 +51,13 @@ def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(error, OSError):
+            raise OSError(error.errno, error.strerror, path) from None
         raise
 
 

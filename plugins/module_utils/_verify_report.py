@@ -3,7 +3,7 @@
 """What a verification run tells its readers: the returned data, the one-line verdict, the JSON report
 and the Prometheus metrics. One implementation for the module and for the scheduled probe.
 
-No Ansible and no third-party imports. The metrics are documented in one table, in
+No Ansible imports. The metrics are documented in one table, in
 roles/registry_probe/README.md; keep the two in step.
 """
 
@@ -90,8 +90,8 @@ def result_message(result: WalkResult) -> str:
             counted.append(f"{summary.unverified_images} images")
         if summary.repository_errors:
             counted.append(f"{summary.repository_errors} repositories")
-        parts.append(f"Could not verify {' and '.join(counted)} (the registry did not answer for them,"
-                     f" which is not damage): {'; '.join(reasons)}.")
+        parts.append(f"Could not verify {' and '.join(counted)} (the registry did not answer for them"
+                     f" or refused the credentials, which is not damage): {'; '.join(reasons)}.")
     return " ".join(parts)
 
 

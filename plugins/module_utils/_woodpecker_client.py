@@ -45,11 +45,13 @@ class WoodpeckerError(Exception):
     """One sentence naming the object; `reason` is a short machine-readable cause."""
 
     def __init__(self, message: str, *, reason: str = "error", status_code: int | None = None,
-                 pipeline: Pipeline | None = None) -> None:
+                 pipeline: Pipeline | None = None, url: str | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.status_code = status_code
+        # A pipeline the server stored although the request failed (and its page), so callers can report it.
         self.pipeline = pipeline
+        self.url = url
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,12 +331,17 @@ class WoodpeckerClient:
                 if attempt <= self.retries and (method == "GET" or _never_sent(exc)):
                     self._sleep(retry_delay)
                     continue
+                if method != "GET" and not _never_sent(exc):
+                    raise self._answer_lost(what, _lost_cause(exc, self.timeout)) from exc
                 if isinstance(exc, requests.exceptions.Timeout) and not _never_sent(exc):
                     raise self._error(f"{what}: {self.server_url} did not answer {method} within {self.timeout:g} s",
                                       reason="timeout") from exc
                 raise self._error(f"{what}: cannot reach the Woodpecker server at {self.server_url} "
                                   f"({_connection_reason(exc)})", reason="unreachable") from exc
             except requests.exceptions.RequestException as exc:
+                if method != "GET":
+                    # The body of the answer was cut short: the server received the request and acted on it.
+                    raise self._answer_lost(what, "its answer was cut short") from exc
                 raise self._error(f"{what}: request to {self.server_url} failed ({type(exc).__name__})",
                                   reason="unreachable") from exc
             if response.status_code >= 500 and method == "GET" and attempt <= self.retries:
@@ -345,6 +352,11 @@ class WoodpeckerClient:
                 self._sleep(retry_delay)
                 continue
             return response
+
+    def _answer_lost(self, what: str, cause: str) -> WoodpeckerError:
+        # Callers look for the pipeline the server may have started and, failing that, say how to find it.
+        return self._error(f"{what}: the request reached {self.server_url} but {cause}, so the server may have "
+                           "started the pipeline", reason="answer_lost")
 
     def _json(self, response: requests.Response, what: str) -> t.Any:
         content_type = response.headers.get("Content-Type", "")
@@ -555,30 +567,92 @@ class WoodpeckerClient:
         except WoodpeckerError:
             stored = None
         if stored is None:
+            if self._major_version() == 1:
+                # 1.x servers predate the Pipeline-Filtered header: a bare 204 that stored nothing is a filter.
+                raise self._error(
+                    f"{what}: nothing was started because no workflow runs for event manual (204 from a 1.x server, "
+                    "which does not send Pipeline-Filtered, and no pipeline was stored; the configuration has no "
+                    "workflow whose `when` allows manual, the commit says [skip ci], or there is no configuration)",
+                    reason="filtered", status_code=204)
             raise self._error(f"{what}: nothing was started because the server could not fetch the pipeline "
                               "configuration (204 without Pipeline-Filtered); the reason is in the Woodpecker server "
                               "log", reason="config_error", status_code=204)
         reason = f": {stored.errors[0]}" if stored.errors else ""
         raise self._error(f"{what}: the server could not fetch the pipeline configuration and stored pipeline "
                           f"#{stored.number} in status {stored.status}{reason}", reason="config_error",
-                          status_code=204, pipeline=stored)
+                          status_code=204, pipeline=stored, url=self.pipeline_url(repo, stored.number))
+
+    def _major_version(self) -> int | None:
+        try:
+            match = re.match(r"v?(\d+)\.", self.version() or "")
+        except WoodpeckerError:
+            return None
+        return int(match.group(1)) if match else None
 
     def restart(self, repo: Repo, number: int) -> Pipeline:
         """Restart: the answer is a new pipeline with a new number whose parent is `number`."""
         what = self.describe(repo, number)
+        before = self.latest_number(repo)
         # No query string at all: the server turns query parameters into build environment variables.
         response = self._request("POST", f"/repos/{repo.id}/pipelines/{int(number)}", what)
-        if response.status_code == 400:
-            raise self._error(f"{what}: the server refused the restart (400); a blocked pipeline waits for approval "
-                              "and cannot be restarted, approve or decline it first", reason="blocked",
-                              status_code=400)
+        if response.status_code in (400, 500):
+            self._raise_restart_refused(repo, number, before, response, what)
         if response.status_code != 200:
             raise self._status_error(response, what, "push")
         new = parse_pipeline(self._json(response, what), what)
         if new.status == "error" and any(DEFINITION_NOT_FOUND in e.lower() for e in new.errors):
             raise self._error(f"{what}: the restart created pipeline #{new.number} already in error ("
-                              f"{DEFINITION_NOT_FOUND})", reason="definition_not_found", status_code=200, pipeline=new)
+                              f"{DEFINITION_NOT_FOUND})", reason="definition_not_found", status_code=200, pipeline=new,
+                              url=self.pipeline_url(repo, new.number))
         return new
+
+    def _raise_restart_refused(self, repo: Repo, number: int, before: int, response: requests.Response,
+                               what: str) -> t.NoReturn:
+        """A 400 or 500 to a restart, explained from the server's text, the new pipeline it may have stored
+        anyway (servers store it before compiling the configuration), and the old pipeline's state."""
+        code = response.status_code
+        said = _server_text(response)
+        said_part = f" ({code}: {said})" if said else f" ({code})"
+        try:
+            stored = self.find_child(repo, number, above=before)
+            old: Pipeline | None = self.get_pipeline(repo, number)
+        except WoodpeckerError:
+            stored, old = None, None
+        if stored is not None:
+            stored = self.get_pipeline(repo, stored.number)
+            errors = "; ".join(stored.errors) or "no error text"
+            if any(DEFINITION_NOT_FOUND in e.lower() for e in stored.errors):
+                raise self._error(f"{what}: the restart created pipeline #{stored.number} already in error "
+                                  f"({DEFINITION_NOT_FOUND}){said_part}", reason="definition_not_found",
+                                  status_code=code, pipeline=stored, url=self.pipeline_url(repo, stored.number))
+            raise self._error(
+                f"{what}: the restart stored pipeline #{stored.number} in status {stored.status} because the "
+                f"pipeline configuration does not parse or lint ({errors}){said_part}; a restart reuses that "
+                "configuration, so fix it on the branch and trigger a new pipeline", reason="config_invalid",
+                status_code=code, pipeline=stored, url=self.pipeline_url(repo, stored.number))
+        if old is not None and old.status in (BLOCKED, "declined"):
+            advice = "approve or decline it first" if old.status == BLOCKED else "trigger a new pipeline instead"
+            raise self._error(f"{what} is {old.status} and cannot be restarted{said_part}; {advice}",
+                              reason="blocked" if old.status == BLOCKED else "declined", status_code=code)
+        if old is not None and old.status == "error" and not old.steps and code == 500 and not said:
+            # Some releases answer a bare 500 to the lost-definition bug; the caller may fall back to a trigger.
+            raise self._error(f"{what}: the server failed with 500 and stored no pipeline", reason="server_error",
+                              status_code=code)
+        if said.lower().startswith("on fetching external pipeline config"):
+            raise self._error(f"{what}: the server's configuration service failed, nothing was restarted"
+                              f"{said_part}; retry when it answers", reason="config_service", status_code=code)
+        detail = said_part if said else f" ({code}; the reason is only in the Woodpecker server log)"
+        raise self._error(f"{what}: the server refused the restart and stored no pipeline{detail}",
+                          reason="bad_request" if code == 400 else "server_error", status_code=code)
+
+    def find_child(self, repo: Repo, number: int, *, above: int = 0, max_pages: int = 2) -> Pipeline | None:
+        """The newest pipeline restarted from `number` (by parent, or by our restart-of variable)."""
+        for candidate in self.iter_pipelines(repo, max_pages=max_pages):
+            if candidate.number <= max(number, above):
+                break  # newest first; children always have higher numbers
+            if candidate.parent == number or candidate.variables.get(RESTART_OF_VARIABLE) == str(number):
+                return candidate
+        return None
 
     def cancel(self, repo: Repo, number: int) -> None:
         what = self.describe(repo, number)
@@ -589,6 +663,20 @@ class WoodpeckerClient:
     def step_log(self, repo: Repo, number: int, step: Step) -> list[str]:
         what = f"{self.describe(repo, number)} step {step.name}"
         return decode_log(self._get_json(f"/repos/{repo.id}/logs/{int(number)}/{step.id}", what))
+
+
+def _lost_cause(exc: Exception, timeout: float) -> str:
+    if isinstance(exc, requests.exceptions.Timeout):
+        return f"no answer came within {timeout:g} s"
+    return f"the connection ended before the answer ({_connection_reason(exc)})"
+
+
+def _server_text(response: requests.Response) -> str:
+    """The server's own words from an error answer (plain text or JSON), on one line; '' for HTML or nothing."""
+    body = (response.text or "").strip()
+    if not body or "<html" in body[:200].lower():
+        return ""
+    return " ".join(body.split())[:300]
 
 
 def _connection_reason(exc: Exception) -> str:
@@ -636,6 +724,7 @@ class ActionOutcome:
     failed_step: Step | None = None
     failed_step_log: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    replaced: int | None = None  # the pipeline a fallback trigger stands in for
 
     @property
     def changed(self) -> bool:
@@ -698,8 +787,36 @@ def _trigger(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionR
             existing = find_by_idempotency_key(client, repo, branch, request.idempotency_key, request.history_pages)
             if existing is not None:
                 return _outcome(client, repo, client.get_pipeline(repo, existing.number), reused=True)
-    pipeline = client.trigger(repo, branch, variables)
+    try:
+        pipeline = client.trigger(repo, branch, variables)
+    except WoodpeckerError as exc:
+        if exc.reason != "answer_lost":
+            raise
+        return _recover_lost_trigger(client, repo, branch, request, exc)
     return _outcome(client, repo, pipeline, created_new=True)
+
+
+def _recover_lost_trigger(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionRequest,
+                          lost: WoodpeckerError) -> ActionOutcome:
+    """The trigger reached the server but its answer did not come back: find the pipeline it started."""
+    key = request.idempotency_key
+    if key:
+        try:
+            found = find_by_idempotency_key(client, repo, branch, key, request.history_pages)
+        except WoodpeckerError:
+            found = None
+        if found is not None:
+            outcome = _outcome(client, repo, client.get_pipeline(repo, found.number), created_new=True)
+            outcome.warnings.append(f"{lost}; it did: pipeline #{found.number} carries idempotency key {key}")
+            return outcome
+        raise WoodpeckerError(
+            f"{lost}, and no pipeline with idempotency key {key} is listed yet; run the task again with the same "
+            f"idempotency_key: it picks up the pipeline if one was started and starts one only if none was",
+            reason="answer_lost") from lost
+    raise WoodpeckerError(
+        f"{lost}; look at {client.server_url}/repos/{repo.id} before starting another, or run it again with an "
+        "idempotency_key so a rerun picks up what a lost answer started instead of starting a second pipeline",
+        reason="answer_lost") from lost
 
 
 def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionRequest) -> ActionOutcome:
@@ -731,11 +848,14 @@ def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionR
     try:
         return _outcome(client, repo, client.restart(repo, number), created_new=True)
     except WoodpeckerError as exc:
+        if exc.reason == "answer_lost":
+            return _recover_lost_restart(client, repo, old, exc)
         # Known server bug: a pipeline that errored before its configuration was stored cannot be
         # restarted. Released servers answer 200 with a new pipeline already in error; some answer 404
-        # or 500, which for a pipeline we could read and that is in error means the same thing.
+        # or a bare 500, which for a pipeline we could read and that is in error means the same thing.
         bug = exc.reason == "definition_not_found" or (
-            exc.status_code in (404, 500) and old.status == "error" and not old.steps)
+            exc.status_code in (404, 500) and exc.reason in ("not_found", "server_error")
+            and old.status == "error" and not old.steps)
         if not bug:
             raise
         if not request.fallback_to_trigger:
@@ -745,12 +865,30 @@ def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionR
                 f"{what} cannot be restarted because the server lost its definition ({DEFINITION_NOT_FOUND}, "
                 f"answer {exc.status_code}{also}); set fallback_to_trigger to start a fresh manual pipeline on branch "
                 f"{old.branch} instead", reason="definition_not_found", status_code=exc.status_code,
-                pipeline=exc.pipeline) from exc
+                pipeline=exc.pipeline, url=exc.url) from exc
     extra = dict(old.variables)
     extra[RESTART_OF_VARIABLE] = str(number)
     outcome = _trigger(client, repo, old.branch or branch, dataclasses.replace(request, force=True), extra)
     outcome.fallback_used = True
+    outcome.replaced = number
     return outcome
+
+
+def _recover_lost_restart(client: WoodpeckerClient, repo: Repo, old: Pipeline, lost: WoodpeckerError
+                          ) -> ActionOutcome:
+    """The restart reached the server but its answer did not come back: find the pipeline it created."""
+    try:
+        child = client.find_child(repo, old.number)
+    except WoodpeckerError:
+        child = None
+    if child is not None:
+        outcome = _outcome(client, repo, client.get_pipeline(repo, child.number), created_new=True)
+        outcome.warnings.append(f"{lost}; it did: pipeline #{child.number} was restarted from #{old.number}")
+        return outcome
+    raise WoodpeckerError(
+        f"{lost}, and no pipeline restarted from #{old.number} is listed yet; run the same restart again: it "
+        f"picks up the pipeline restarted from #{old.number} if there is one and restarts only if there is none",
+        reason="answer_lost") from lost
 
 
 def _find_restart_child(client: WoodpeckerClient, repo: Repo, old: Pipeline, max_pages: int) -> Pipeline | None:

@@ -25,6 +25,7 @@ author:
   - selfhosted.registry maintainers (@selfhosted-registry)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - selfhosted.registry.host_lock
 attributes:
   platform:
     platforms: posix
@@ -129,18 +130,6 @@ options:
     type: list
     elements: str
     default: []
-  lock_path:
-    description:
-      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
-        line alike), so two of them never run on the registry host at once.
-      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
-    type: path
-  lock_timeout:
-    description:
-      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
-        and runs nothing.
-    type: int
-    default: 300
   report_path:
     description: Write the outcome as JSON to this file (atomically).
     type: path
@@ -297,6 +286,7 @@ scan_after:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.selfhosted.registry.plugins.module_utils._host_lock_options import HOST_LOCK_ARGUMENT_SPEC
 from ansible_collections.selfhosted.registry.plugins.module_utils._gc_guard import (
     GCGuardError,
     GCOptions,
@@ -326,8 +316,7 @@ def main() -> None:
             gc_stop_command=dict(type="list", elements="str", default=[]),
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
-            lock_path=dict(type="path"),
-            lock_timeout=dict(type="int", default=300),
+            **HOST_LOCK_ARGUMENT_SPEC,
         ),
         supports_check_mode=True,
     )

@@ -19,7 +19,9 @@ description:
   - Keeps two verdicts apart. V(broken) means the registry answered and the object is missing or damaged
     (404, a body that does not hash to its digest, content that is not a manifest). V(unverified) means the
     registry did not answer for it (429 or 5xx after retries, a timeout, a refused connection, rejected
-    credentials), which is a probe error, never reported as damage.
+    credentials, a redirect that cannot be followed, a body cut short every time it was read), which is a probe
+    error, never reported as damage. The one exception is a blob cut short every time in O(blob_check=read),
+    which is the registry's blob cache answering for data that is gone, so it is broken.
   - In catalog mode a repository whose tag list cannot be read is reported under RV(repository_errors) and
     every other repository is still verified. A registry or catalog that cannot be read at all fails the
     task with RV(verified=false).
@@ -79,6 +81,19 @@ options:
       - Requests in flight at once (also the size of the HTTP connection pool).
     type: int
     default: 8
+  retry_window:
+    description:
+      - Seconds to keep retrying a request that failed with a connection error, HTTP 408, 429 or 5xx, counted
+        from the first failure, with backoff up to 5 seconds between tries. The default rides out a restart of the
+        registry (for example by its garbage collection).
+      - C(Retry-After) is honoured up to 10 seconds; one that points past the window ends the retries.
+      - Once the registry has failed for a whole window, every further object is tried once, so a registry that
+        stays down ends the run in about one window, and those objects are reported as not verified.
+      - A body cut short after the headers is asked for twice more. A blob that is cut short every time in
+        O(blob_check=read) is broken (the registry's blob cache after garbage collection).
+      - V(0) turns retries off.
+    type: int
+    default: 30
   fail_on_broken:
     description:
       - Fail the task when any image is broken or could not be verified. With V(false) the result is only
@@ -401,6 +416,7 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         platforms=dict(type="list", elements="str"),
         blob_check=dict(type="str", choices=["head", "read"], default="head"),
         concurrency=dict(type="int", default=8),
+        retry_window=dict(type="int", default=30),
         fail_on_broken=dict(type="bool", default=True),
         report_path=dict(type="path"),
         metrics_path=dict(type="path"),
@@ -448,6 +464,8 @@ def main() -> None:
             module.fail_json(msg=f"pushgateway_url {redact_url(params['pushgateway_url'])} {problem}.")
         if not params["pushgateway_job"].strip():
             module.fail_json(msg="pushgateway_job must not be empty.")
+    if params["retry_window"] < 0:
+        module.fail_json(msg=f"retry_window must be 0 or more seconds, not {params['retry_window']}.")
 
     cache = None
     if params["manifest_cache_path"]:
@@ -461,7 +479,8 @@ def main() -> None:
         cache = ManifestCache(params["manifest_cache_path"])
 
     try:
-        client = build_registry_client(params, pool_size=params["concurrency"])
+        client = build_registry_client(params, pool_size=params["concurrency"],
+                                       retry_window=float(params["retry_window"]))
     except RegistryError as exc:
         module.fail_json(msg=exc.message)
         return

@@ -25,6 +25,7 @@ author:
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - selfhosted.registry.attributes.read_only
+  - selfhosted.registry.host_lock
 options:
   storage_root:
     description:
@@ -59,18 +60,6 @@ options:
       - C(registry_storage_scan_failed) is 1 (and C(registry_storage_clean) 0) when the storage could not be scanned.
       - Written in check mode too, like O(report_path).
     type: path
-  lock_path:
-    description:
-      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
-        line alike), so two of them never run on the registry host at once.
-      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
-    type: path
-  lock_timeout:
-    description:
-      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
-        and runs nothing.
-    type: int
-    default: 300
   fail_on_findings:
     description:
       - Fail the task when the storage is not clean.
@@ -218,6 +207,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.selfhosted.registry.plugins.module_utils._host_lock_options import HOST_LOCK_ARGUMENT_SPEC
 from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import (
     write_json_report,
     write_metrics,
@@ -242,8 +232,7 @@ def main() -> None:
             report_path=dict(type="path"),
             metrics_path=dict(type="path"),
             fail_on_findings=dict(type="bool", default=False),
-            lock_path=dict(type="path"),
-            lock_timeout=dict(type="int", default=300),
+            **HOST_LOCK_ARGUMENT_SPEC,
         ),
         supports_check_mode=True,
     )

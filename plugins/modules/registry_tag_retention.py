@@ -38,6 +38,7 @@ description:
   - The same code runs from cron on the registry host as C(python3 -m registry_tools._tag_retention).
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - selfhosted.registry.host_lock
 options:
   storage_root:
     description:
@@ -117,18 +118,6 @@ options:
       - Only plan and report. Set to V(false) to delete.
     type: bool
     default: true
-  lock_path:
-    description:
-      - Host-wide lock file shared by the storage scan, the GC guard and tag retention (modules and the host command
-        line alike), so two of them never run on the registry host at once.
-      - Defaults to the environment variable C(REGISTRY_TOOLS_LOCK_FILE), then C(/run/lock/selfhosted-registry-tools.lock).
-    type: path
-  lock_timeout:
-    description:
-      - Seconds to wait for another run to release the lock; then the module fails with one sentence naming it
-        and runs nothing.
-    type: int
-    default: 300
   report_path:
     description:
       - Also write the result as JSON to this file on the registry host, atomically.
@@ -357,6 +346,7 @@ import typing as t
 from ansible.module_utils.basic import AnsibleModule
 
 # The shared connection spec imports requests only when a client is built, so this host-side module can use it.
+from ..module_utils._host_lock_options import HOST_LOCK_ARGUMENT_SPEC
 from ..module_utils._registry_options import registry_connection_argument_spec
 from ..module_utils._report_files import write_json_report
 from ..module_utils._storage_scan import HostLockError, host_lock
@@ -383,8 +373,7 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         exclude_repositories=dict(type="list", elements="str", default=[]),
         dry_run=dict(type="bool", default=True),
         report_path=dict(type="path"),
-        lock_path=dict(type="path"),
-        lock_timeout=dict(type="int", default=300),
+        **HOST_LOCK_ARGUMENT_SPEC,
     )
 
 

@@ -18,6 +18,16 @@ description:
     message saying so. A restart of a C(blocked) pipeline is refused. A restart that hits the server's
     C(pipeline definition not found) bug falls back to a fresh manual trigger on the same branch when
     O(fallback_to_trigger=true).
+  - When the answer to a trigger or restart is lost, cut short or too slow, the server may have started the
+    pipeline, so the request is never sent again. A restart then looks for the pipeline restarted from the same
+    number, and a trigger with O(idempotency_key) for the pipeline carrying the key; one that is found is
+    returned with a warning. Otherwise the task fails saying that the pipeline may exist and that running it
+    again (with the same O(idempotency_key) for a trigger) picks it up instead of starting a second one.
+  - A restart answered 400 or 500 is explained from the server's text and the pipelines' state. It names a
+    pipeline that is C(blocked) or C(declined), a configuration that does not parse or lint (the server stores
+    the new pipeline in C(error) anyway, and it is returned), or a configuration service that failed.
+  - On 1.x servers, which do not send C(Pipeline-Filtered), a 204 to a trigger that stored no pipeline is
+    reported as filtered.
   - Reads timestamps in both the v1/v2 (C(created_at), C(start_time)) and v3 (C(created), C(started))
     spellings and errors both as v1 C(error) and v2+ C(errors[]).
 extends_documentation_fragment:
@@ -136,7 +146,7 @@ attributes:
         previous restart created. V(restart) without a number restarts only when the newest pipeline on the branch
         failed. V(cancel) of a finished pipeline changes nothing. V(status) never changes anything.
       - C(changed) is true only when this task started, restarted or canceled a pipeline (or made the server store
-        one already in error).
+        one already in error). A pipeline found after a lost answer counts as started by this task.
 notes:
   - Run it where the Woodpecker server is reachable, usually with O(ignore:delegate_to=localhost).
   - The C(latest) route of Woodpecker returns push pipelines only, so the module never uses it to find a manual
@@ -161,6 +171,9 @@ EXAMPLES = r"""
   delegate_to: localhost
   register: rebuild
 
+# No token option: the module reads WOODPECKER_TOKEN from the controller's environment (export it
+# before ansible-playbook). A task-level environment: would put the token in the command line
+# Ansible prints at -vvv.
 - name: Restart the latest failed pipeline on main, starting a fresh one if the server lost its definition
   selfhosted.registry.woodpecker_pipeline:
     server_url: https://ci.example.com
@@ -169,8 +182,6 @@ EXAMPLES = r"""
     branch: main
     fallback_to_trigger: true
     wait: true
-  environment:
-    WOODPECKER_TOKEN: "{{ woodpecker_token }}"
   delegate_to: localhost
 
 - name: Cancel a pipeline by number
@@ -202,7 +213,8 @@ changed:
   description:
     - True when a pipeline was started, restarted or canceled (in check mode, when one would be).
     - Also true on a failure where the request made the server store a pipeline already in C(error) (the
-      configuration could not be fetched, or a restart lost its definition); that pipeline is then returned.
+      configuration could not be fetched or does not parse or lint, or a restart lost its definition); that
+      pipeline is then returned with its RV(url).
   returned: always
   type: bool
   sample: true
@@ -222,7 +234,9 @@ pipeline:
   type: int
   sample: 432
 url:
-  description: The pipeline's page in the Woodpecker UI, C({server_url}/repos/{repo_id}/pipeline/{number}).
+  description:
+    - The pipeline's page in the Woodpecker UI, C({server_url}/repos/{repo_id}/pipeline/{number}).
+    - Set whenever a pipeline number is known, on failures too; null otherwise.
   returned: always
   type: str
   sample: https://ci.example.com/repos/12/pipeline/432
@@ -364,7 +378,8 @@ canceled:
   type: bool
   sample: false
 fallback_used:
-  description: True when a restart hit the lost-definition bug and a fresh manual pipeline was started instead.
+  description: True when a restart hit the lost-definition bug and a fresh manual pipeline was started instead (the
+    message names the pipeline it replaces).
   returned: always
   type: bool
   sample: false
@@ -447,7 +462,8 @@ def _summary(action: str, outcome: ActionOutcome) -> str:
     pipeline = outcome.pipeline
     name = f"Woodpecker pipeline {outcome.repo.full_name}#{pipeline.number}"
     if outcome.fallback_used:
-        head = f"Started {name} (manual on {pipeline.branch}) because the restart hit the lost-definition bug"
+        head = (f"Started {name} (manual on {pipeline.branch}) in place of restarting "
+                f"#{outcome.replaced}, whose definition the server lost")
     elif outcome.reused:
         head = f"Reused {name} instead of starting another"
     elif outcome.created_new and action == "restart":
@@ -477,6 +493,9 @@ def _failure_message(outcome: ActionOutcome, params: t.Mapping[str, t.Any]) -> s
         message += f": step {step.name} (workflow {step.workflow}) ended {step.state}"
         if step.exit_code not in (None, 0):
             message += f" with exit code {step.exit_code}"
+        if step.error:
+            # A step in `error` never ran its commands (image pull, volume, ...): the reason is only here.
+            message += f": {step.error}"
     elif pipeline.errors:
         message += f": {pipeline.errors[0]}"
     message += f" ({outcome.url})"
@@ -555,9 +574,10 @@ def main() -> None:
     if outcome is None:
         result = dict(_EMPTY_PIPELINE, changed=False)
         if error is not None and error.pipeline is not None:
-            # The server stored a pipeline already in error (its configuration could not be fetched, or a
-            # restart lost its definition): the request did create something, so report it and changed.
-            result.update(_pipeline_fields(error.pipeline), changed=True)
+            # The server stored a pipeline already in error (its configuration could not be fetched or does
+            # not lint, or a restart lost its definition): the request did create something, so report it,
+            # with its page, and changed.
+            result.update(_pipeline_fields(error.pipeline), url=error.url, changed=True)
         module.fail_json(msg=str(error), **result)
         return
 

@@ -52,6 +52,9 @@ class Plan:
     statuses: list[str]
     failing_step: str | None = None
     logs: dict[str, list[str | None]] = dataclasses.field(default_factory=dict)
+    # When the pipeline ends in `error`: the failing step ends in `error` with this text (as when its image
+    # cannot be pulled), the steps before it succeed and the ones after are skipped.
+    step_error: str | None = None
 
 
 @dataclasses.dataclass
@@ -63,6 +66,12 @@ class Repo:
     branches: set[str]
     steps: list[tuple[str, str]]  # (workflow, step)
     manual_config: str = "ok"  # ok | filtered | fetch_error
+    # What a restart meets when it re-reads the stored configuration: ok, lint_error (the new pipeline is
+    # stored in error with the linter's messages and the server answers 500), or external_fetch_error (a
+    # configuration extension failed: 400, nothing stored).
+    restart_config: str = "ok"
+    config_errors: list[str] = dataclasses.field(
+        default_factory=lambda: ["[linter] steps.push-image.image: image is required"])
     plans: list[Plan] = dataclasses.field(default_factory=list)
     pipelines: dict[int, dict[str, t.Any]] = dataclasses.field(default_factory=dict)
 
@@ -87,6 +96,10 @@ class FakeWoodpecker:
         self.requests: list[RecordedRequest] = []
         # (method or None for any, status, delay, headers, body) served before any routing, in order
         self.forced_answers: list[tuple[str | None, int, float, dict[str, str], bytes]] = []
+        # (method, path regex, kind, delay): the request is handled (a pipeline may be stored), then its
+        # answer is lost ("drop": the connection closes before any byte), cut short ("cut": headers and
+        # half the body), or sent late ("slow": after `delay` seconds).
+        self.answer_faults: list[tuple[str, str, str, float]] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(100)
         self._clock = itertools.count(1_700_000_000, 7)
@@ -152,10 +165,10 @@ class FakeWoodpecker:
             return rid
 
     def plan(self, repo_id: int, statuses: list[str], failing_step: str | None = None,
-             logs: dict[str, list[str | None]] | None = None) -> None:
+             logs: dict[str, list[str | None]] | None = None, step_error: str | None = None) -> None:
         """Queue how the next pipeline created in this repository will progress."""
         with self._lock:
-            self.repos[repo_id].plans.append(Plan(list(statuses), failing_step, dict(logs or {})))
+            self.repos[repo_id].plans.append(Plan(list(statuses), failing_step, dict(logs or {}), step_error))
 
     def add_pipeline(
         self,
@@ -181,11 +194,16 @@ class FakeWoodpecker:
                 errors=errors or [],
             )["number"]
 
-    def advance(self, repo_id: int, number: int, status: str) -> None:
+    def advance(self, repo_id: int, number: int, status: str, *, failing_step: str | None = None,
+                step_error: str | None = None) -> None:
         """Move a pipeline to a status now (its planned progression is dropped)."""
         with self._lock:
             pipeline = self.repos[repo_id].pipelines[number]
             pipeline["_script"] = []
+            if failing_step:
+                pipeline["_failing_step"] = failing_step
+            if step_error:
+                pipeline["_step_error"] = step_error
             self._set_status(pipeline, status)
 
     def stored(self, repo_id: int, number: int) -> dict[str, t.Any]:
@@ -201,6 +219,21 @@ class FakeWoodpecker:
             headers["Content-Type"] = content_type
         with self._lock:
             self.forced_answers.extend((method, status, delay, headers, body) for status in statuses)
+
+    def fault_answer(self, kind: str, *, method: str = "POST", path: str = r"/api/repos/\d+/pipelines(/\d+)?",
+                     delay: float = 0.0) -> None:
+        """Handle the next matching request for real, then drop, cut short or delay its answer."""
+        assert kind in ("drop", "cut", "slow"), kind
+        with self._lock:
+            self.answer_faults.append((method, path, kind, delay))
+
+    def take_fault(self, method: str, path: str) -> tuple[str, float] | None:
+        with self._lock:
+            for fault in self.answer_faults:
+                if fault[0] == method and re.fullmatch(fault[1], urlsplit(path).path):
+                    self.answer_faults.remove(fault)
+                    return fault[2], fault[3]
+        return None
 
     def api_requests(self, method: str | None = None) -> list[RecordedRequest]:
         with self._lock:
@@ -225,6 +258,7 @@ class FakeWoodpecker:
             "started": 0, "finished": 0, "variables": dict(variables), "forge_url": "",
             "_workflows": workflows, "_config_stored": config_stored,
             "_failing_step": plan.failing_step or (repo.steps[-1][1] if repo.steps else None),
+            "_step_error": plan.step_error,
             "_script": list(plan.statuses[1:]),
         }
         self._set_status(pipeline, plan.statuses[0])
@@ -250,6 +284,14 @@ class FakeWoodpecker:
                     state = "skipped"
                 elif step["name"] == pipeline["_failing_step"]:
                     state, failing_seen = "failure", True
+                else:
+                    state = "success"
+            elif status == "error" and pipeline.get("_step_error"):
+                if failing_seen:
+                    state = "skipped"
+                elif step["name"] == pipeline["_failing_step"]:
+                    state, failing_seen = "error", True
+                    step["error"] = pipeline["_step_error"]
                 else:
                     state = "success"
             elif status in ("killed", "canceled"):
@@ -454,7 +496,8 @@ class FakeWoodpecker:
             return 500, {}, b""
         variables = {str(k): str(v) for k, v in (payload.get("variables") or {}).items()}
         if repo.manual_config == "filtered":
-            return 204, {"Pipeline-Filtered": "true"}, b""
+            # The Pipeline-Filtered header came with 2.0; a 1.x server answers a bare 204.
+            return 204, ({"Pipeline-Filtered": "true"} if self.api_version >= 2 else {}), b""
         if repo.manual_config == "fetch_error":
             self._new_pipeline(repo, Plan(["error"]), branch=branch, event="manual", variables=variables,
                                commit=_commit_for(branch), parent=0, config_stored=False,
@@ -466,8 +509,11 @@ class FakeWoodpecker:
         return _json(self._render(repo, pipeline, with_workflows=True))
 
     def _restart(self, repo: Repo, old: dict[str, t.Any]) -> tuple[int, dict[str, str], bytes]:
-        if old["status"] == "blocked":
-            return 400, {}, b""
+        if old["status"] in ("blocked", "declined"):
+            return _text(400, f"cannot restart a pipeline with status {old['status']}")
+        if repo.restart_config == "external_fetch_error":
+            return _text(400, "On fetching external pipeline config: Post \"https://config.example/\": "
+                              "context deadline exceeded")
         common = {"branch": old["branch"], "event": old["event"], "variables": old["variables"],
                   "commit": old["commit"], "parent": old["number"]}
         if not old["_config_stored"]:
@@ -476,9 +522,19 @@ class FakeWoodpecker:
             pipeline = self._new_pipeline(repo, Plan(["error"]), config_stored=False,
                                           errors=["pipeline definition not found"], **common)
             return _json(self._render(repo, pipeline, with_workflows=True))
+        if repo.restart_config == "lint_error":
+            # The new pipeline is stored first, then the configuration fails to compile: it stays in error
+            # with the linter's messages, and the answer is a plain-text 500.
+            self._new_pipeline(repo, Plan(["error"]), config_stored=True, errors=list(repo.config_errors), **common)
+            repo.pipelines[max(repo.pipelines)]["_workflows"] = {}
+            return _text(500, f"failure to createPipelineItems for {repo.full_name}")
         plan = repo.plans.pop(0) if repo.plans else Plan(["pending"])
         pipeline = self._new_pipeline(repo, plan, config_stored=True, errors=[], **common)
         return _json(self._render(repo, pipeline, with_workflows=True))
+
+
+def _text(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "text/plain; charset=utf-8"}, message.encode()
 
 
 def _commit_for(branch: str) -> str:
@@ -505,12 +561,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         status, out_headers, payload = self.fake.handle(self.command, self.path, headers, body)
+        fault = self.fake.take_fault(self.command, self.path)
+        if fault is not None and fault[0] == "drop":
+            self.close_connection = True
+            return  # handled, stored, and no answer at all
+        if fault is not None and fault[0] == "slow":
+            time.sleep(fault[1])
         self.send_response(status)
         for key, value in out_headers.items():
             self.send_header(key, value)
         if status != 204:  # a 204 carries no body and no Content-Length
             self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
+        if fault is not None and fault[0] == "cut":
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if payload:
             self.wfile.write(payload)
 

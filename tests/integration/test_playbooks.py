@@ -356,3 +356,111 @@ def test_investigate_on_a_healthy_registry_passes(tmp_path: pathlib.Path, regist
     assert "storage: 0 finding(s) on registry-vm, 0 harmful" in run.stdout, run.explain()
     assert checked.returncode == 0, checked.explain()
     assert f"0 of {len(HEALTHY)} tag(s) broken" in checked.stdout, checked.explain()
+
+
+# ---- an on-call engineer's night: the VM down, a rebuilt image, a wrong name -------------------------------
+
+
+def test_diagnose_and_investigate_keep_the_api_verdict_when_the_registry_vm_is_unreachable(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer
+) -> None:
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    inventory = write_inventory(tmp_path / "inventory.yml", registry_vm=sshd_server.inventory_vars())
+    sshd_server.stop()  # the VM is down, or SSH to it is
+
+    diagnose = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"),
+                            tmp_path / "diagnose")
+    investigate = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "investigate")
+
+    assert diagnose.returncode != 0, diagnose.explain()
+    _assert_names_missing_children(diagnose.stdout, incident)
+    assert "GC incident pattern (tagged index whose child manifests are gone): YES" in diagnose.stdout, diagnose.explain()
+    assert "storage scan: registry-vm: the storage scan could not run because the host cannot be reached over SSH (" \
+        in diagnose.stdout, diagnose.explain()
+    assert "-e diagnose_scan_storage=false skips the scan" in diagnose.stdout
+    assert "1 image(s) cannot be pulled: infra-ci:latest." in diagnose.stdout
+    assert investigate.returncode != 0, investigate.explain()
+    assert "storage: registry-vm: the storage scan could not run because the host cannot be reached over SSH (" \
+        in investigate.stdout, investigate.explain()
+    assert "-e investigate_scan_storage=false skips the scan" in investigate.stdout
+    assert "1 tag(s) cannot be pulled: infra-ci:latest." in investigate.stdout, investigate.explain()
+    for run in (diagnose, investigate):
+        assert "Traceback" not in run.output
+
+
+def test_after_a_rebuild_the_old_index_is_stale_not_the_incident(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import scan_metrics, scan_storage
+
+    pusher = make_pusher(registry)
+    incident = reproduce_incident(registry, pusher)
+    before = {m.name: m.value for m in scan_metrics(scan_storage(str(registry.storage_root))) if not m.labels}
+    rebuilt = pusher.push_index("infra-ci", "latest", seed="rebuilt after the incident")  # what CI pushes
+    assert rebuilt.digest != incident.index.digest
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    diagnose = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"),
+                            tmp_path / "diagnose")
+    investigate = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "investigate")
+    after = {m.name: m.value for m in scan_metrics(scan_storage(str(registry.storage_root))) if not m.labels}
+
+    assert diagnose.returncode == 0, diagnose.explain()
+    assert "0 of 1 image(s) broken: none" in diagnose.stdout, diagnose.explain()
+    assert "GC incident pattern (tagged index whose child manifests are gone): no" in diagnose.stdout, diagnose.explain()
+    assert "0 harmful, 1 stale (no tag reaches them: harmless to pulls)" in diagnose.stdout, diagnose.explain()
+    assert "nothing to rebuild" in diagnose.stdout
+    assert investigate.returncode == 0, investigate.explain()
+    assert f"stale, no tag reaches it: infra-ci@{incident.index.digest}: index child manifests missing" \
+        in investigate.stdout, investigate.explain()
+    # The metric an alert can use clears with the rebuild; the stale index stays until a guarded GC.
+    assert before["registry_storage_broken_tags"] == 1 and after["registry_storage_broken_tags"] == 0
+
+
+def test_diagnose_on_a_tag_that_does_not_exist_says_so_and_advises_no_rebuild(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    _push_healthy(make_pusher(registry))
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="team/app:v9"), tmp_path / "run")
+
+    assert run.returncode != 0, run.explain()
+    assert "does not exist in the registry (the tag answers 404 and storage has no link for it), check the name: " \
+           "team/app:v9" in run.stdout, run.explain()
+    assert "Not in the registry: team/app:v9." in run.stdout
+    assert "rebuild_ci" not in run.stdout and "nothing to rebuild" in run.stdout, run.explain()
+    assert "GC incident pattern (tagged index whose child manifests are gone): no" in run.stdout
+
+
+def test_the_readme_install_works_offline_and_a_checkout_runs_its_playbooks(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    """playbooks/README.md: build, install offline with community.docker already there, run from the checkout."""
+    import shutil
+    import subprocess
+
+    from tests.integration.test_playbooks_support import COLLECTIONS, REPO_ROOT, VENV_BIN, ansible_env
+
+    _push_healthy(make_pusher(registry))
+    collections = tmp_path / "home" / ".ansible" / "collections"
+    shutil.copytree(COLLECTIONS / "ansible_collections" / "community" / "docker",
+                    collections / "ansible_collections" / "community" / "docker")
+    env = ansible_env(tmp_path, {"HOME": str(tmp_path / "home"), "ANSIBLE_COLLECTIONS_PATH": str(collections)})
+    galaxy = str(VENV_BIN / "ansible-galaxy")
+    built = subprocess.run([galaxy, "collection", "build", "--output-path", str(tmp_path), "."], cwd=REPO_ROOT,
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert built.returncode == 0, built.stdout + built.stderr
+    archive = next(tmp_path.glob("selfhosted-registry-*.tar.gz"))
+    installed = subprocess.run([galaxy, "collection", "install", "--offline", "--no-deps", str(archive),
+                                "-p", str(collections)], env=env, capture_output=True, text=True, timeout=300,
+                               check=False)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    inventory = write_inventory(tmp_path / "inventory.yml")
+
+    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images=list(HEALTHY)), tmp_path / "run",
+                       env={"HOME": str(tmp_path / "home"), "ANSIBLE_COLLECTIONS_PATH": str(collections)})
+
+    assert run.returncode == 0, run.explain()
+    assert f"{len(HEALTHY)} image(s) checked, 0 broken" in run.stdout, run.explain()

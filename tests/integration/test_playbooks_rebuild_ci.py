@@ -101,13 +101,15 @@ def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
     incident = reproduce_incident(registry, pusher)
     token = secrets.token_urlsafe(24)
     fake, repo_id = _woodpecker(token)
+    # A consumer whose pipeline failed because it could not pull infra-ci:latest: re-run once the image verifies.
+    app_repo = fake.add_repo("team", "app", push=[token])
+    app_failed = fake.add_pipeline(app_repo, status="failure")
     pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry))
     pipeline.start()
     try:
         inventory = write_inventory(tmp_path / "inventory.yml")
-        run = run_playbook(
-            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run", env={"WOODPECKER_TOKEN": token}
-        )
+        extra = _extra_vars(registry, fake, rebuild_rerun_pipelines=[{"repo": "team/app", "pipeline": app_failed}])
+        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
         pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
     finally:
         fake.stop()
@@ -116,6 +118,11 @@ def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
     assert run.returncode == 0, run.explain()
     triggers = [r for r in fake.api_requests("POST") if r.path == f"/api/repos/{repo_id}/pipelines"]
     assert len(triggers) == 1
+    assert [r.path for r in fake.api_requests("POST") if f"/repos/{app_repo}/" in r.path] == [
+        f"/api/repos/{app_repo}/pipelines/{app_failed}"]
+    assert f"re-run: Restarted team/app#{app_failed} as Woodpecker pipeline team/app#{app_failed + 1}" in run.stdout, \
+        run.explain()
+    assert "next: nothing; the images verify and the failed pipelines were re-run" in run.stdout, run.explain()
     assert b'"IMAGE_TAG": "latest"' in triggers[0].body or b'"IMAGE_TAG":"latest"' in triggers[0].body
     assert f"Woodpecker pipeline ops/infra-ci#{pipeline.number}, status success" in run.stdout, run.explain()
     assert "1 of 1 image(s) verify end to end" in run.stdout, run.explain()
@@ -226,6 +233,8 @@ def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
     assert "push-image" in run.stdout and "unauthorized: push refused" in run.stdout, run.explain()
     assert "0 of 1 image(s) verify end to end" in run.stdout, run.explain()
     assert f"Pipelines that did not succeed: ops/infra-ci#{pipeline.number}." in run.stdout, run.explain()
+    assert f"next: fix what failed in ops/infra-ci#{pipeline.number} (the step and log are shown above), then run " \
+           "this playbook again" in run.stdout, run.explain()
     assert "Still broken: infra-ci:latest." in run.stdout
     assert incident.missing_manifests[0] in run.stdout
     assert token not in run.output
@@ -336,3 +345,71 @@ def test_rebuild_ci_with_the_cache_lie_fails_until_the_registry_is_restarted(
     assert fixed.returncode == 0, fixed.explain()
     assert "1 of 1 image(s) verify end to end" in fixed.stdout, fixed.explain()
     assert request.exists() and done.exists()
+
+
+def test_rebuild_ci_says_to_build_on_the_host_when_ci_cannot_pull_its_own_image(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    """The pipeline's step runs in infra-ci:latest, the broken image: it ends in error before any command."""
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    token = secrets.token_urlsafe(24)
+    fake, repo_id = _woodpecker(token)
+    pull_error = f"Error response from daemon: manifest for {registry.host}/infra-ci:latest not found: manifest unknown"
+
+    def ci_cannot_start() -> None:
+        fake.advance(repo_id, 1, "error", failing_step="clone", step_error=pull_error)
+
+    pipeline = PlayedPipeline(fake, repo_id, ci_cannot_start, final_status="error")
+    pipeline.start()
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        run = run_playbook("rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run",
+                           env={"WOODPECKER_TOKEN": token})
+        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
+    finally:
+        fake.stop()
+
+    assert pipeline.error is None, pipeline.error
+    assert run.returncode != 0
+    assert f"step clone (workflow build) ended error: {pull_error}" in run.stdout, run.explain()
+    assert "next: CI cannot pull its own image (infra-ci:latest), so no pipeline can rebuild it: build it on the " \
+           "registry host with ansible-playbook -i inventory.yml playbooks/rebuild_on_host.yml " \
+           f"-e registry_url={registry.url} -e registry_images=infra-ci:latest -e @rebuild_builds.yml" in run.stdout, \
+        run.explain()
+
+
+def test_rebuild_ci_reports_a_pipeline_that_never_started_and_a_fallback_trigger(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    pusher.push_index("base/python", "3.12", seed="python")
+    token = secrets.token_urlsafe(24)
+    fake, ci_repo = _woodpecker(token)
+    # infra-ci's last pipeline errored before its configuration was stored: its restart falls back to a trigger.
+    lost = fake.add_pipeline(ci_repo, status="error", event="manual", config_stored=False)
+    fake.repos[ci_repo].plans = []
+    fake.plan(ci_repo, ["pending", "success"])
+    base_repo = fake.add_repo("ops", "base-images", push=[token])
+    fake.repos[base_repo].manual_config = "filtered"  # no workflow runs on a manual event
+    try:
+        inventory = write_inventory(tmp_path / "inventory.yml")
+        extra = _extra_vars(
+            registry, fake,
+            registry_images="infra-ci:latest base/python:3.12",
+            rebuild_pipelines={
+                "infra-ci": {"repo": "ops/infra-ci", "branch": "main", "action": "restart"},
+                "base/python": {"repo": "ops/base-images"},
+            },
+        )
+        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
+    finally:
+        fake.stop()
+
+    assert run.returncode != 0
+    assert f"Started Woodpecker pipeline ops/infra-ci#{lost + 2} (manual on main) in place of restarting #{lost}, " \
+           "whose definition the server lost" in run.stdout, run.explain()
+    assert "ops/base-images: never started: Woodpecker repository ops/base-images, manual pipeline on branch main: " \
+           "nothing was started because no workflow runs for event manual" in run.stdout, run.explain()
+    assert "Pipelines that did not succeed: ops/base-images (never started)." in run.stdout, run.explain()

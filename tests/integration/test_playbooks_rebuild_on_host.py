@@ -8,12 +8,15 @@ script, which builds a two-platform OCI image and pushes it with skopeo, then ve
 from __future__ import annotations
 
 import pathlib
+import secrets
 import subprocess
 import textwrap
 
+import pytest
+
 from tests.harness.images import ImagePusher
 from tests.harness.incident import reproduce_incident
-from tests.harness.registry import RegistryServer
+from tests.harness.registry import RegistryServer, free_port
 from tests.harness.sshd import SshServer
 from tests.integration.test_playbooks_support import (
     run_playbook,
@@ -236,3 +239,23 @@ def test_rebuild_on_host_reports_a_failing_build_and_the_image_still_broken(
     assert "Still broken after the rebuild: infra-ci:latest." in run.stdout, run.explain()
     assert incident.missing_manifests[0] in run.stdout
     assert "Traceback" not in run.output
+
+
+@pytest.mark.parametrize("verbosity", ["-v", "-vvv"])
+def test_rebuild_on_host_never_prints_a_token_inside_a_source_url(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer, verbosity: str
+) -> None:
+    pusher = make_pusher(registry)
+    reproduce_incident(registry, pusher)
+    inventory, extra_vars = _setup(tmp_path, registry, sshd_server)
+    token = "glpat-" + secrets.token_hex(12)
+    # A forge address that refuses the connection: the checkout fails, and its failure is reported.
+    url = f"https://ci-bot:{token}@127.0.0.1:{free_port()}/infra/ci-image.git"
+    extra_vars["rebuild_builds"]["infra-ci:latest"]["source"] = url
+
+    run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run", extra_args=[verbosity])
+
+    assert run.returncode != 0
+    assert token not in run.output, run.explain()
+    assert "registry-vm: \"Check out each image's source\" failed for infra-ci:latest." in run.stdout, run.explain()
+    assert "Still broken after the rebuild: infra-ci:latest." in run.stdout, run.explain()

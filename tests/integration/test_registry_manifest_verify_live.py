@@ -8,8 +8,11 @@ harness over HTTP independently of the code under test.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
+import subprocess
+import threading
 import time
 import typing as t
 
@@ -328,3 +331,99 @@ def test_validate_certs_off_works_without_a_warning_per_request(registry_tls: Re
         result = verify(registry_tls, "infra-ci:latest", verify=False)
     assert result.ok
     assert not [w for w in caught if "Unverified HTTPS" in str(w.message)]
+
+
+class _RestartedAtTheFirstBlob(RegistryClient):
+    """A real client whose first blob check stops the real registry, which comes back ``outage`` seconds later
+    (never when None).
+
+    Everything the walk asks for after that point meets a refused connection (or a reset) until the
+    registry is back: a restart in the middle of a walk, at a point that does not depend on timing.
+    """
+
+    def __init__(self, server: RegistryServer, outage: t.Optional[float], **kwargs: t.Any):
+        super().__init__(server.url, username=server.username, password=server.password, verify=server.verify,
+                         **kwargs)
+        self.server = server
+        self.outage = outage
+        self.restarted = threading.Event()
+        self.back: t.Optional[threading.Thread] = None
+        self._restart_lock = threading.Lock()
+
+    def check_blob(self, *args: t.Any, **kwargs: t.Any) -> t.Any:
+        with self._restart_lock:
+            if not self.restarted.is_set():
+                self.restarted.set()
+                self.server.stop()  # by PID, SIGTERM
+                if self.outage is not None:
+                    self.back = threading.Thread(target=self._bring_back, daemon=True)
+                    self.back.start()
+        return super().check_blob(*args, **kwargs)
+
+    def _bring_back(self) -> None:
+        time.sleep(self.outage or 0)
+        self.server.start()
+
+
+def test_a_walk_rides_out_a_registry_restart_in_its_middle(registry: RegistryServer, pusher: ImagePusher) -> None:
+    pushed = push_variety(pusher)
+    references = [f"{item.repository}:{item.tag}" for item in pushed]
+    with client_for(registry) as quiet:
+        baseline = ManifestWalker(quiet).verify([parse_image_reference(r) for r in references])
+    assert baseline.ok
+
+    # Down for 3 s: longer than the three quick retries there were (1.75 s in all), well inside the window.
+    client = _RestartedAtTheFirstBlob(registry, outage=3.0)
+    try:
+        result = ManifestWalker(client, blob_check="read").verify([parse_image_reference(r) for r in references])
+    finally:
+        if client.back is not None:
+            client.back.join()
+        client.close()
+    assert client.restarted.is_set() and registry.is_running
+    assert result.ok, [u.message for u in result.unverified + result.broken]
+    assert (result.summary.manifests, result.summary.blobs) == expected_counts(pushed)
+    # The retries that rode it out are counted; the walk asked for nothing twice otherwise.
+    assert result.summary.requests > baseline.summary.requests
+
+
+def test_a_registry_that_stays_down_is_unverified_after_the_window_not_broken(
+    registry: RegistryServer, pusher: ImagePusher
+) -> None:
+    pusher.push_image("app", "v1", layers=[make_layer("one\n"), make_layer("two\n")])
+    client = _RestartedAtTheFirstBlob(registry, outage=None, retry_window=1, backoff=0.1)
+    try:
+        result = ManifestWalker(client).verify([parse_image_reference("app:v1")])
+    finally:
+        client.close()
+        registry.start()
+    assert not result.ok and not result.broken
+    assert {u.object_type for u in result.unverified} == {"config", "layer"}
+    assert all(u.digest and "connection refused" in u.message for u in result.unverified), result.unverified
+
+
+def test_the_probe_rides_out_a_registry_restart(
+    registry: RegistryServer, pusher: ImagePusher, tmp_path: pathlib.Path
+) -> None:
+    from tests.harness.probe import Probe
+
+    pusher.push_index("infra-ci", "latest", seed="probe")
+    probe = Probe(tmp_path / "probe", registry.url)
+    baseline = probe.run("--retry-window", "60")
+    assert baseline.returncode == 0, baseline.stdout + baseline.stderr
+    registry.stop()
+    running = subprocess.Popen(probe.argv("--retry-window", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={"PYTHONPATH": str(probe.tools_dir), "PATH": "/usr/bin:/bin"})
+    try:
+        time.sleep(4)  # down for longer than the three quick retries there were
+        registry.start()
+        stdout, stderr = running.communicate(timeout=120)
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    assert running.returncode == 0, stdout + stderr
+    report = json.loads(probe.report_path.read_text())
+    assert report["ok"] is True and report["summary"]["unverified_images"] == 0
+    # It did meet the outage: the refused tries are counted on top of what a quiet run sends.
+    assert report["summary"]["requests"] > baseline.report["summary"]["requests"]

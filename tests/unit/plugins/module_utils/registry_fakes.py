@@ -14,6 +14,7 @@ import http.server
 import json
 import sys
 import threading
+import time
 import typing as t
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -35,8 +36,12 @@ class Reply(t.NamedTuple):
     status: int
     body: bytes = b""
     headers: t.Dict[str, str] = {}
-    # Close the connection right after the headers, sending no body whatever Content-Length says.
+    # Close the connection after the headers and ``cut_after`` bytes of the body, whatever Content-Length says.
     cut_body: bool = False
+    cut_after: int = 0
+    # Send the status line, headers and body one byte at a time, this many seconds apart (a server that drips).
+    drip: float = 0.0
+    drip_body_only: bool = False  # the status line and headers at once, then the body drips
 
 
 Handler = t.Callable[[Seen], Reply]
@@ -78,6 +83,9 @@ class LoopbackServer:
                 if handler is None:
                     handler = outer.routes.get(self.path.split("?")[0]) or outer.default
                 reply = handler(seen)
+                if reply.drip:
+                    self._drip(reply)
+                    return
                 self.send_response(reply.status)
                 headers = dict(reply.headers)
                 headers.setdefault("Content-Length", str(len(reply.body)))
@@ -87,10 +95,29 @@ class LoopbackServer:
                     self.send_header("Connection", "close")
                 self.end_headers()
                 if reply.cut_body:
+                    self.wfile.write(reply.body[:reply.cut_after])
                     self.close_connection = True
                     return
                 if self.command != "HEAD":
                     self.wfile.write(reply.body)
+
+            def _drip(self, reply: Reply) -> None:
+                head = [f"HTTP/1.1 {reply.status} Dripping", "Connection: close"]
+                headers = dict(reply.headers)
+                headers.setdefault("Content-Length", str(len(reply.body)))
+                head += [f"{key}: {value}" for key, value in headers.items()]
+                preamble = ("\r\n".join(head) + "\r\n\r\n").encode()
+                data = preamble + (b"" if self.command == "HEAD" else reply.body)
+                self.close_connection = True
+                start = len(preamble) if reply.drip_body_only else 0
+                if start:
+                    self.wfile.write(data[:start])
+                for offset in range(start, len(data)):
+                    try:
+                        self.wfile.write(data[offset:offset + 1])
+                    except OSError:
+                        return  # the client gave up: that is what the tests want to see
+                    time.sleep(reply.drip)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _serve
 

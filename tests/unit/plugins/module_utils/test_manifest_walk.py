@@ -47,7 +47,9 @@ def fake() -> t.Iterator[FakeRegistry]:
 
 
 def walk(fake: FakeRegistry, *references: str, **kwargs: t.Any):
-    client = RegistryClient(fake.url, backoff=0.01, retries=1)
+    client_options = {"backoff": 0.01, "retries": 1}
+    client_options.update({k: kwargs.pop(k) for k in ("retries", "timeout") if k in kwargs})
+    client = RegistryClient(fake.url, **client_options)
     return ManifestWalker(client, **kwargs).verify([parse_image_reference(r) for r in references])
 
 
@@ -140,6 +142,7 @@ def test_missing_tag(fake: FakeRegistry) -> None:
     assert [(b.chain, b.object_type, b.digest, b.status, b.error_code) for b in result.broken] == [
         (["app:gone"], "manifest", None, 404, "MANIFEST_UNKNOWN")
     ]
+    assert result.broken[0].message == "app:gone: manifest of tag gone answered 404 MANIFEST_UNKNOWN."
     assert result.images[0].digest is None and result.images[0].media_type is None
 
 
@@ -169,12 +172,12 @@ def test_foreign_layers_are_labelled_not_requested(fake: FakeRegistry) -> None:
 
 
 def test_unknown_media_type_is_a_finding(fake: FakeRegistry) -> None:
-    fake.add_manifest("old", {"schemaVersion": 1, "name": "old", "fsLayers": []}, "v1",
-                      media_type="application/vnd.docker.distribution.manifest.v1+prettyjws")
+    pushed = fake.add_manifest("old", {"schemaVersion": 1, "name": "old", "fsLayers": []}, "v1",
+                               media_type="application/vnd.docker.distribution.manifest.v1+prettyjws")
     result = walk(fake, "old:v1")
-    assert [b.message for b in result.broken] == [
-        "old:v1: manifest has the unsupported media type 'application/vnd.docker.distribution.manifest.v1+prettyjws'."
-    ]
+    assert [(b.message, b.digest) for b in result.broken] == [(
+        f"old:v1: manifest of tag v1 ({pushed['digest']}) has the unsupported media type"
+        " 'application/vnd.docker.distribution.manifest.v1+prettyjws'.", pushed["digest"])]
 
 
 def test_blob_size_different_from_the_descriptor_is_a_finding(fake: FakeRegistry) -> None:
@@ -193,8 +196,54 @@ def test_read_mode_catches_a_blob_whose_content_is_gone(fake: FakeRegistry) -> N
     layer = digest_of(b"layer")
     fake.routes[f"/v2/app/blobs/{layer}"] = lambda seen: Reply(200, b"", {"Content-Length": "5"}, cut_body=True)
     assert walk(fake, "app:v1", blob_check="head").ok
-    result = walk(fake, "app:v1", blob_check="read")
-    assert [b.digest for b in result.broken] == [layer]
+    result = walk(fake, "app:v1", blob_check="read", retries=None)
+    assert [(b.digest, b.status) for b in result.broken] == [(layer, 200)]
+    # Asked three times: the registry's blob cache cuts it short every time, a flaky network would not.
+    assert len(fake.requests_to(f"/blobs/{layer}", "GET")) == 3
+
+
+def test_read_mode_passes_a_blob_cut_short_only_once(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"layer"], tag="v1")
+    layer = digest_of(b"layer")
+    answers = iter([Reply(206, b"l", {"Content-Range": "bytes 0-0/5"}, cut_body=True),
+                    Reply(206, b"l", {"Content-Range": "bytes 0-0/5"})])
+    fake.routes[f"/v2/app/blobs/{layer}"] = lambda seen: next(answers)
+    result = walk(fake, "app:v1", blob_check="read", retries=None)
+    assert result.ok, result.broken + result.unverified
+
+
+def test_a_server_that_drips_is_unverified_within_the_timeout(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"layer"], tag="v1")
+    layer = digest_of(b"layer")
+    fake.routes[f"/v2/app/blobs/{layer}"] = lambda seen: Reply(200, b"", {"Content-Length": "5"}, drip=0.05)
+    result = walk(fake, "app:v1", timeout=1)
+    assert not result.broken
+    assert [(u.digest, u.status, u.message) for u in result.unverified] == [(
+        layer, None, f"app:v1: layer blob {layer} at 127.0.0.1:{fake.port} did not answer completely"
+                     " within the 1-second timeout.")]
+
+
+def test_a_child_manifest_whose_size_differs_from_the_index_is_broken(fake: FakeRegistry) -> None:
+    amd = fake.add_image("app", [b"amd"], seed="amd")
+    arm = fake.add_image("app", [b"arm"], seed="arm")
+    index = fake.add_index("app", [(dict(amd, size=amd["size"] + 1), AMD64), (arm, ARM64)], "v1")
+    result = walk(fake, "app:v1")
+    assert [(b.object_type, b.digest, b.chain, b.status) for b in result.broken] == [
+        ("manifest", amd["digest"], ["app:v1", index["digest"], amd["digest"]], 200)]
+    assert result.broken[0].message == (
+        f"app:v1: child manifest {amd['digest']} is {amd['size']} bytes, but the index says {amd['size'] + 1}.")
+
+
+@pytest.mark.parametrize("document, says", [
+    ({"config": {"digest": "sha256:" + "c" * 64}, "layers": {"digest": "sha256:" + "d" * 64}},
+     "has a layers field that is an object, not a list"),
+    ({"config": {"digest": "sha256:" + "c" * 64}}, "has no layers list"),
+    ({"config": "sha256:" + "c" * 64, "layers": []}, "has no config with a valid digest"),
+], ids=["layers-object", "layers-missing", "config-string"])
+def test_a_malformed_image_manifest_says_which_field_is_wrong(fake: FakeRegistry, document, says: str) -> None:
+    pushed = fake.add_manifest("app", dict(document, schemaVersion=2, mediaType=OCI_MANIFEST), "v1")
+    result = walk(fake, "app:v1")
+    assert [b.message for b in result.broken] == [f"app:v1: manifest of tag v1 ({pushed['digest']}) {says}."]
 
 
 def test_garbage_index_is_a_finding_not_a_crash(fake: FakeRegistry) -> None:
@@ -202,9 +251,11 @@ def test_garbage_index_is_a_finding_not_a_crash(fake: FakeRegistry) -> None:
                               "manifests": [{"digest": "../../etc/passwd"}]}, "bad")
     fake.routes["/v2/app/manifests/html"] = lambda seen: Reply(200, b"<html>", {"Content-Type": "text/html"})
     result = walk(fake, "app:bad", "app:html")
-    assert [b.message for b in result.broken] == [
-        "app:bad: manifest lists a child without a valid digest.",
-        "app:html: manifest is not JSON (text/html).",
+    bad = digest_of(fake.manifests[("app", "bad")][0])
+    html = digest_of(b"<html>")
+    assert [(b.message, b.digest, b.chain) for b in result.broken] == [
+        (f"app:bad: manifest of tag bad ({bad}) lists a child without a valid digest.", bad, ["app:bad", bad]),
+        (f"app:html: manifest of tag html ({html}) is not JSON (text/html).", html, ["app:html", html]),
     ]
 
 
@@ -320,7 +371,9 @@ def test_a_manifest_nested_too_deeply_is_broken_not_a_crash(fake: FakeRegistry) 
     fake.routes["/v2/app/manifests/deep"] = lambda seen: manifest_reply(body, OCI_MANIFEST)
     result = walk(fake, "app:deep")
     assert [(b.message, b.digest) for b in result.broken] == [
-        ("app:deep: manifest is JSON nested too deeply to be a manifest.", None)]
+        (f"app:deep: manifest of tag deep ({digest_of(body)}) is JSON nested too deeply to be a manifest.",
+         digest_of(body))]
+    assert result.images[0].digest == digest_of(body)
 
 
 def test_catalog_mode_reports_an_unreadable_tag_list_and_verifies_the_rest(fake: FakeRegistry) -> None:
@@ -341,3 +394,17 @@ def test_an_unreadable_catalog_stops_the_walk(fake: FakeRegistry) -> None:
     fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(503, {"errors": [{"code": "UNAVAILABLE"}]})
     with pytest.raises(WalkError, match="The catalog of 127.0.0.1:[0-9]+ answered 503 UNAVAILABLE."):
         ManifestWalker(RegistryClient(fake.url, retries=0)).verify_catalog()
+
+
+def test_credentials_refused_in_the_middle_of_a_walk_are_unverified_not_broken(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"denied", b"challenged"], tag="v1")
+    denied, challenged = digest_of(b"denied"), digest_of(b"challenged")
+    fake.routes[f"/v2/app/blobs/{denied}"] = lambda seen: json_reply(403, {"errors": [{"code": "DENIED"}]})
+    fake.routes[f"/v2/app/blobs/{challenged}"] = lambda seen: Reply(
+        401, b"", {"WWW-Authenticate": 'Basic realm="r"'})
+    client = RegistryClient(fake.url, username="reader", password="pw", backoff=0.01, retries=1)
+    result = ManifestWalker(client).verify([parse_image_reference("app:v1")])
+    assert not result.broken and result.images[0].outcome == "unverified"
+    assert sorted((u.digest, u.status) for u in result.unverified) == sorted([(denied, 403), (challenged, 401)])
+    assert f"app:v1: Registry 127.0.0.1:{fake.port} rejected the credentials for layer blob {challenged}." in [
+        u.message for u in result.unverified]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import typing as t
 
 import pytest
@@ -88,7 +89,7 @@ def test_html_instead_of_a_manifest_is_one_clear_error(server: LoopbackServer) -
     server.routes["/v2/app/manifests/v1"] = lambda seen: html
     with pytest.raises(RegistryError) as caught:
         client_for(server).get_manifest("app", "v1")
-    assert caught.value.message == "manifest app:v1 is not JSON (text/html)."
+    assert caught.value.message == f"manifest app:v1 ({digest_of(html.body)}) is not JSON (text/html)."
 
 
 def test_oversized_manifest_is_refused_by_its_declared_length(server: LoopbackServer) -> None:
@@ -434,3 +435,146 @@ def test_request_count_includes_retries_and_challenges(server: LoopbackServer) -
     client.ping()
     client.get_manifest("app", "v1")
     assert client.request_count == len(server.seen) == 4
+
+
+# -- misbehaving transports -------------------------------------------------------------------
+
+
+def test_a_server_that_drips_its_headers_is_abandoned_at_the_timeout(server: LoopbackServer) -> None:
+    # 0.05 s a byte keeps every socket read far below the 1 s timeout, yet the answer takes about 10 s in all.
+    server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(
+        200, MANIFEST, {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": digest_of(MANIFEST)}, drip=0.05)
+    with pytest.raises(RegistryError) as caught:
+        client_for(server, timeout=1).get_manifest("app", "v1")
+    assert caught.value.message == (
+        f"manifest app:v1 at 127.0.0.1:{server.port} did not answer completely within the 1-second timeout.")
+    assert caught.value.status is None and caught.value.says_nothing_about_the_object
+    # A server too slow to answer is not asked again: the next try would be as slow.
+    assert len(server.requests_to("/manifests/v1")) == 1
+
+
+def test_a_server_that_drips_its_body_is_abandoned_at_the_timeout(server: LoopbackServer) -> None:
+    body = MANIFEST + b" " * 200
+    server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(
+        200, body, {"Content-Type": OCI_MANIFEST}, drip=0.05, drip_body_only=True)
+    with pytest.raises(RegistryError, match="did not answer completely within the 1-second timeout"):
+        client_for(server, timeout=1).get_manifest("app", "v1")
+
+
+def test_a_blob_read_that_drips_is_abandoned_at_the_timeout(server: LoopbackServer) -> None:
+    server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: Reply(
+        206, b"x", {"Content-Range": "bytes 0-0/42"}, drip=0.05)
+    with pytest.raises(RegistryError) as caught:
+        client_for(server, timeout=1).check_blob("app", BLOB, "read")
+    assert "did not answer completely within the 1-second timeout" in caught.value.message
+    assert caught.value.says_nothing_about_the_object
+
+
+def test_a_manifest_body_cut_short_once_is_read_again(server: LoopbackServer) -> None:
+    answers = iter([
+        Reply(200, MANIFEST, {"Content-Type": OCI_MANIFEST}, cut_body=True, cut_after=10),
+        manifest_reply(MANIFEST, OCI_MANIFEST),
+    ])
+    server.routes["/v2/app/manifests/v1"] = lambda seen: next(answers)
+    assert client_for(server).get_manifest("app", "v1").digest == digest_of(MANIFEST)
+    assert len(server.requests_to("/manifests/v1")) == 2
+
+
+def test_a_manifest_body_always_cut_short_is_not_verified_not_broken(server: LoopbackServer) -> None:
+    server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(
+        200, MANIFEST, {"Content-Type": OCI_MANIFEST}, cut_body=True, cut_after=10)
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).get_manifest("app", "v1")
+    assert caught.value.message == "manifest app:v1 could not be read completely (the answer was cut short)."
+    assert caught.value.says_nothing_about_the_object
+    assert len(server.requests_to("/manifests/v1")) == 3
+
+
+def test_a_blob_read_cut_short_once_is_read_again(server: LoopbackServer) -> None:
+    answers = iter([
+        Reply(206, b"x", {"Content-Range": "bytes 0-0/42"}, cut_body=True),
+        Reply(206, b"x", {"Content-Range": "bytes 0-0/42"}),
+    ])
+    server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: next(answers)
+    check = client_for(server).check_blob("app", BLOB, "read")
+    assert (check.status, check.size) == (206, 42)
+    assert len(server.requests_to("/blobs/")) == 2
+
+
+def test_a_tag_list_cut_short_once_is_read_again(server: LoopbackServer) -> None:
+    answers = iter([
+        Reply(200, b'{"name": "app", "tags": ["v1", "v2"]}', {}, cut_body=True, cut_after=12),
+        json_reply(200, {"name": "app", "tags": ["v1", "v2"]}),
+    ])
+    server.routes["/v2/app/tags/list"] = lambda seen: next(answers)
+    assert client_for(server).list_tags("app") == ["v1", "v2"]
+
+
+def test_a_restart_longer_than_a_few_retries_is_ridden_out(server: LoopbackServer) -> None:
+    # Six 503s in a row: what a registry behind a proxy answers while it restarts.
+    answers = iter([json_reply(503, {"errors": [{"code": "UNAVAILABLE"}]})] * 6 + [manifest_reply(MANIFEST, OCI_MANIFEST)])
+    server.routes["/v2/app/manifests/v1"] = lambda seen: next(answers)
+    assert client_for(server, retry_window=30).get_manifest("app", "v1").digest == digest_of(MANIFEST)
+    assert len(server.requests_to("/manifests/v1")) == 7
+
+
+def test_retries_end_with_the_window_and_an_outage_is_waited_out_once(server: LoopbackServer) -> None:
+    server.routes["/v2/app/manifests/v1"] = lambda seen: json_reply(503, {"errors": [{"code": "UNAVAILABLE"}]})
+    server.routes["/v2/app/manifests/v2"] = server.routes["/v2/app/manifests/v1"]
+    client = client_for(server, retry_window=0.5, backoff=0.05)
+    with pytest.raises(RegistryError) as caught:
+        client.get_manifest("app", "v1")
+    assert caught.value.status == 503
+    assert len(server.requests_to("/manifests/v1")) > 1
+    time.sleep(0.5)  # the window is surely over now
+    # The registry has been failing for the whole window: the next object is asked once, not waited for again.
+    with pytest.raises(RegistryError):
+        client.get_manifest("app", "v2")
+    assert len(server.requests_to("/manifests/v2")) == 1
+
+
+def test_retry_after_beyond_the_window_is_not_waited_for(server: LoopbackServer) -> None:
+    server.routes["/v2/app/manifests/v1"] = lambda seen: json_reply(429, {}, {"Retry-After": "5"})
+    with pytest.raises(RegistryError) as caught:
+        client_for(server, retry_window=1).get_manifest("app", "v1")
+    assert caught.value.status == 429
+    assert len(server.requests_to("/manifests/v1")) == 1
+
+
+def test_a_redirect_to_an_unsupported_scheme_says_so(server: LoopbackServer) -> None:
+    server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: Reply(307, b"", {"Location": "ftp://storage.example/obj"})
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).check_blob("app", BLOB, "read", what=f"layer blob {BLOB}")
+    assert caught.value.message == (
+        f"layer blob {BLOB} redirects to an ftp URL, which cannot be followed (only http and https can).")
+    assert caught.value.says_nothing_about_the_object
+
+
+def test_endless_redirects_say_so(server: LoopbackServer) -> None:
+    server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: Reply(302, b"", {"Location": f"/v2/app/blobs/{BLOB}"})
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).check_blob("app", BLOB, "read", what=f"layer blob {BLOB}")
+    assert caught.value.message == f"layer blob {BLOB} kept redirecting (more than 5 redirects)."
+    assert caught.value.says_nothing_about_the_object
+
+
+def test_a_manifest_that_redirects_says_it_is_not_followed(server: LoopbackServer) -> None:
+    server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(302, b"", {"Location": "https://login.example/"})
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).get_manifest("app", "v1")
+    assert caught.value.message == (
+        "manifest app:v1 answered a redirect (HTTP 302 to login.example), which is not followed.")
+    assert caught.value.says_nothing_about_the_object
+
+
+def test_errors_after_the_body_was_hashed_carry_its_digest(server: LoopbackServer) -> None:
+    html = b"<html><body>Login</body></html>"
+    server.routes["/v2/app/manifests/v1"] = lambda seen: Reply(200, html, {"Content-Type": "text/html"})
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).get_manifest("app", "v1")
+    assert caught.value.digest == digest_of(html)
+    claimed = "sha256:" + "b" * 64
+    server.routes["/v2/app/manifests/v2"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST, claimed)
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).get_manifest("app", "v2")
+    assert caught.value.digest == claimed  # the registry's name for it: where it sits in storage

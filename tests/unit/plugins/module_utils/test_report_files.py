@@ -83,3 +83,21 @@ def test_grouping_values_with_a_slash_or_empty_use_the_base64_form():
     assert _grouping_segment("registry", "127.0.0.1:5000") == "registry/127.0.0.1%3A5000"
     assert _grouping_segment("registry", "a/b") == "registry@base64/YS9i"
     assert _grouping_segment("registry", "") == "registry@base64/="
+
+
+@pytest.mark.parametrize("failure", ["missing directory", "target is a directory", "disk full"])
+def test_a_failed_write_names_the_file_asked_for(tmp_path, monkeypatch, failure):
+    target = tmp_path / "reports" / "scan.json"
+    if failure == "target is a directory":
+        target.parent.mkdir()
+        target.mkdir()
+    elif failure == "disk full":
+        target.parent.mkdir()
+
+        def full(*_args):
+            raise OSError(28, "No space left on device")  # what a full disk raises: no filename at all
+        monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        write_json_report(str(target), {"ok": True})
+    assert caught.value.filename == str(target)
+    assert not list(tmp_path.rglob(".tmp-*"))

@@ -74,7 +74,7 @@ def test_the_message_keeps_broken_and_unverified_apart() -> None:
         repository_errors=[RepositoryError("c", 404, "NAME_UNKNOWN", "The tag list of c of r:5000 answered 404.")])
     assert result_message(walked) == (
         "1 of 2 images are broken: a:1: child manifest sha256:aa answered 404 MANIFEST_UNKNOWN. "
-        "Could not verify 1 images and 1 repositories (the registry did not answer for them, which is not damage):"
+        "Could not verify 1 images and 1 repositories (the registry did not answer for them or refused the credentials, which is not damage):"
         " b:1: manifest answered 429 TOOMANYREQUESTS; The tag list of c of r:5000 answered 404.")
 
 

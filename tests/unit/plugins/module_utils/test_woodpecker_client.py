@@ -387,7 +387,7 @@ def test_restart_of_a_blocked_pipeline(fake: tuple[FakeWoodpecker, int]) -> None
     repo = client.lookup_repo("acme/app")
     with pytest.raises(WoodpeckerError) as direct:
         client.restart(repo, number)
-    assert direct.value.reason == "blocked" and "(400)" in str(direct.value)
+    assert direct.value.reason == "blocked" and "(400: cannot restart a pipeline with status blocked)" in str(direct.value)
     posts = len(server.api_requests("POST"))
     with pytest.raises(WoodpeckerError) as action:
         run_action(client, ActionRequest(action="restart", repo="acme/app", pipeline=number))
@@ -625,7 +625,7 @@ def test_reads_give_up_after_three_retries(fake: tuple[FakeWoodpecker, int]) -> 
 def test_a_restart_answered_5xx_is_never_sent_again(fake: tuple[FakeWoodpecker, int]) -> None:
     server, repo_id = fake
     number = server.add_pipeline(repo_id, status="failure")
-    server.force_answers(502)
+    server.force_answers(502, method="POST")
     with pytest.raises(WoodpeckerError):
         client_for(server).restart(Repo(repo_id, "acme/app", "main"), number)
     assert len(server.api_requests("POST")) == 1
@@ -649,7 +649,8 @@ def test_a_trigger_that_times_out_is_not_retried(fake: tuple[FakeWoodpecker, int
     server.force_answers(200, delay=1.0, method="POST")
     with pytest.raises(WoodpeckerError) as caught:
         client.trigger(repo, "main")
-    assert caught.value.reason == "timeout"
+    assert caught.value.reason == "answer_lost"
+    assert "no answer came within 0.2 s, so the server may have started the pipeline" in str(caught.value)
     assert len(server.api_requests("POST")) == 1
 
 
@@ -728,3 +729,139 @@ def test_server_url_must_be_http() -> None:
     with pytest.raises(WoodpeckerError) as caught:
         WoodpeckerClient("ci.example", TOKEN)
     assert str(caught.value) == "Woodpecker server_url 'ci.example': expected an http:// or https:// address"
+
+
+# ---- answers lost, cut short or too slow: the server may have acted ----------------------------------
+LOST_ANSWERS = [("drop", 0.0), ("cut", 0.0), ("slow", 1.5)]
+
+
+@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[kind for kind, delay in LOST_ANSWERS])
+def test_a_lost_trigger_answer_is_picked_up_by_its_idempotency_key(
+    fake: tuple[FakeWoodpecker, int], kind: str, delay: float
+) -> None:
+    server, repo_id = fake
+    server.fault_answer(kind, path=r"/api/repos/\d+/pipelines", delay=delay)
+    client = client_for(server, timeout=0.5)
+    outcome = run_action(client, ActionRequest(action="trigger", repo="acme/app", idempotency_key="incident-7"))
+    assert outcome.created_new and outcome.pipeline.number == 1 and outcome.changed
+    assert outcome.url == f"{server.url}/repos/{repo_id}/pipeline/1"
+    assert "may have started the pipeline; it did: pipeline #1 carries idempotency key incident-7" in \
+        outcome.warnings[0]
+    assert len(server.api_requests("POST")) == 1 and list(server.repos[repo_id].pipelines) == [1]
+
+
+@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[kind for kind, delay in LOST_ANSWERS])
+def test_a_lost_trigger_answer_without_a_key_says_the_pipeline_may_exist(
+    fake: tuple[FakeWoodpecker, int], kind: str, delay: float
+) -> None:
+    server, repo_id = fake
+    server.fault_answer(kind, path=r"/api/repos/\d+/pipelines", delay=delay)
+    with pytest.raises(WoodpeckerError) as caught:
+        run_action(client_for(server, timeout=0.5), ActionRequest(action="trigger", repo="acme/app"))
+    message = str(caught.value)
+    assert caught.value.reason == "answer_lost"
+    assert "so the server may have started the pipeline" in message
+    assert "run it again with an idempotency_key so a rerun picks up what a lost answer started" in message
+    assert "cannot reach" not in message
+    assert len(server.api_requests("POST")) == 1
+
+
+def test_a_lost_trigger_answer_with_a_key_not_yet_listed_says_a_rerun_picks_it_up(
+    fake: tuple[FakeWoodpecker, int]
+) -> None:
+    server, repo_id = fake
+    # Served before routing: the trigger is received but stored nothing, and no answer comes in time.
+    server.force_answers(200, delay=1.5, method="POST")
+    with pytest.raises(WoodpeckerError) as caught:
+        run_action(client_for(server, timeout=0.5),
+                   ActionRequest(action="trigger", repo="acme/app", idempotency_key="incident-7"))
+    message = str(caught.value)
+    assert caught.value.reason == "answer_lost"
+    assert "no pipeline with idempotency key incident-7 is listed yet; run the task again with the same " \
+           "idempotency_key" in message
+
+
+@pytest.mark.parametrize(("kind", "delay"), LOST_ANSWERS, ids=[kind for kind, delay in LOST_ANSWERS])
+def test_a_lost_restart_answer_finds_the_restarted_pipeline(
+    fake: tuple[FakeWoodpecker, int], kind: str, delay: float
+) -> None:
+    server, repo_id = fake
+    failed = server.add_pipeline(repo_id, status="failure")
+    server.fault_answer(kind, path=rf"/api/repos/\d+/pipelines/{failed}", delay=delay)
+    outcome = run_action(client_for(server, timeout=0.5),
+                         ActionRequest(action="restart", repo="acme/app", pipeline=failed))
+    assert outcome.created_new and outcome.pipeline.parent == failed and outcome.changed
+    assert f"it did: pipeline #{outcome.pipeline.number} was restarted from #{failed}" in outcome.warnings[0]
+    assert len(server.api_requests("POST")) == 1
+
+
+def test_a_restart_whose_configuration_does_not_lint_is_not_a_lost_definition(
+    fake: tuple[FakeWoodpecker, int]
+) -> None:
+    server, repo_id = fake
+    lint = "[linter] steps.push-image.image: image is required"
+    old = server.add_pipeline(repo_id, status="error", errors=[lint])
+    server.stored(repo_id, old)["_workflows"] = {}  # a configuration that does not lint gives no steps
+    server.repos[repo_id].restart_config = "lint_error"
+    with pytest.raises(WoodpeckerError) as caught:
+        run_action(client_for(server),
+                   ActionRequest(action="restart", repo="acme/app", pipeline=old, fallback_to_trigger=True))
+    error = caught.value
+    assert error.reason == "config_invalid" and error.status_code == 500
+    assert error.pipeline is not None and error.pipeline.parent == old and error.pipeline.status == "error"
+    assert error.url == f"{server.url}/repos/{repo_id}/pipeline/{error.pipeline.number}"
+    message = str(error)
+    assert f"stored pipeline #{error.pipeline.number} in status error because the pipeline configuration does " \
+           f"not parse or lint ({lint}) (500: failure to createPipelineItems for acme/app)" in message
+    assert "definition" not in message and "blocked" not in message
+    # No fallback trigger: a fresh pipeline would fail the same way until the configuration is fixed.
+    assert [r.path for r in server.api_requests("POST")] == [f"/api/repos/{repo_id}/pipelines/{old}"]
+
+
+def test_a_restart_of_a_declined_pipeline_says_so(fake: tuple[FakeWoodpecker, int]) -> None:
+    server, repo_id = fake
+    number = server.add_pipeline(repo_id, status="declined")
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).restart(Repo(repo_id, "acme/app", "main"), number)
+    assert caught.value.reason == "declined" and caught.value.pipeline is None
+    assert str(caught.value) == (f"Woodpecker pipeline acme/app#{number} is declined and cannot be restarted (400: "
+                                 "cannot restart a pipeline with status declined); trigger a new pipeline instead")
+
+
+def test_a_restart_refused_by_the_configuration_service_gives_the_server_text(
+    fake: tuple[FakeWoodpecker, int]
+) -> None:
+    server, repo_id = fake
+    number = server.add_pipeline(repo_id, status="failure")
+    server.repos[repo_id].restart_config = "external_fetch_error"
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).restart(Repo(repo_id, "acme/app", "main"), number)
+    assert caught.value.reason == "config_service"
+    assert "On fetching external pipeline config" in str(caught.value)
+    assert "blocked" not in str(caught.value) and "definition" not in str(caught.value)
+
+
+def test_a_1x_server_answering_204_without_storing_a_pipeline_filtered_the_trigger() -> None:
+    server, repo_id = start_fake(1)
+    try:
+        server.repos[repo_id].manual_config = "filtered"
+        with pytest.raises(WoodpeckerError) as caught:
+            client_for(server).trigger(Repo(repo_id, "acme/app", "main"), "main")
+    finally:
+        server.stop()
+    assert caught.value.reason == "filtered"
+    assert "nothing was started because no workflow runs for event manual (204 from a 1.x server" in \
+        str(caught.value)
+
+
+def test_a_1x_server_answering_204_with_a_stored_pipeline_could_not_fetch_the_configuration() -> None:
+    server, repo_id = start_fake(1)
+    url = server.url
+    try:
+        server.repos[repo_id].manual_config = "fetch_error"
+        with pytest.raises(WoodpeckerError) as caught:
+            client_for(server).trigger(Repo(repo_id, "acme/app", "main"), "main")
+    finally:
+        server.stop()
+    assert caught.value.reason == "config_error" and caught.value.pipeline is not None
+    assert caught.value.url == f"{url}/repos/{repo_id}/pipeline/1"

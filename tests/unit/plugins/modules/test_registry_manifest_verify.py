@@ -109,7 +109,8 @@ def test_unreachable_registry_writes_up_0_and_fails_with_one_sentence(
     port = free_port()
     metrics = tmp_path / "verify.prom"
     result = run_module({"registry_url": f"http://127.0.0.1:{port}", "images": ["app:v1"], "username": "reader",
-                         "password": SECRET, "metrics_path": str(metrics), "timeout": 5}, capsys)
+                         "password": SECRET, "metrics_path": str(metrics), "timeout": 5, "retry_window": 1},
+                        capsys)
     assert result["failed"] is True
     assert result["msg"] == f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: connection refused."
     assert f'registry_verify_up{{registry="127.0.0.1:{port}"}} 0' in metrics.read_text()
@@ -123,6 +124,7 @@ def test_unreachable_registry_writes_up_0_and_fails_with_one_sentence(
     ({"images": ["app:v1"], "catalog": True}, "Give either images or catalog=true, not both."),
     ({"images": ["app:v1"], "repositories": ["team/*"]}, "The repositories patterns only apply with catalog=true."),
     ({"images": ["app:v1"], "concurrency": 0}, "concurrency must be at least 1, not 0."),
+    ({"images": ["app:v1"], "retry_window": -1}, "retry_window must be 0 or more seconds, not -1."),
     ({"images": ["app:v1"], "blob_check": "maybe"}, "value of blob_check must be one of: head, read"),
 ])
 def test_bad_input_is_one_sentence(fake: FakeRegistry, capsys: pytest.CaptureFixture[str],
@@ -155,3 +157,30 @@ def test_credentials_come_from_the_environment_and_never_show(
                              f" of 127.0.0.1:{fake.port}.")
     for text in (json.dumps(result), json.dumps(failed), report.read_text()):
         assert SECRET not in text
+
+
+def test_retry_window_rides_out_a_registry_that_fails_for_a_while(
+    fake: FakeRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.plugins.module_utils.registry_fakes import json_reply, manifest_reply
+
+    body, media_type = fake.manifests[("team/app", "v1")]
+    failures = {"left": 4}
+
+    def restarting(seen: t.Any) -> t.Any:
+        # 503s in a row, more than the three retries there were, as a proxy answers while the registry restarts.
+        if failures["left"]:
+            failures["left"] -= 1
+            return json_reply(503, {"errors": [{"code": "UNAVAILABLE"}]})
+        return manifest_reply(body, media_type)
+
+    fake.routes["/v2/team/app/manifests/v1"] = restarting
+    ridden = run_module({"registry_url": fake.url, "images": ["team/app:v1"]}, capsys)
+    assert ridden["ok"] is True, ridden["msg"]
+    failures["left"] = 4
+    given_up = run_module({"registry_url": fake.url, "images": ["team/app:v1"], "retry_window": 0}, capsys)
+    assert given_up["failed"] is True and given_up["broken"] == []
+    assert given_up["msg"] == (
+        "Could not verify 1 images (the registry did not answer for them or refused the credentials, which is not damage):"
+        " team/app:v1: manifest of tag v1 answered 503 UNAVAILABLE.")
+    assert [(u["status"], u["error_code"]) for u in given_up["unverified"]] == [(503, "UNAVAILABLE")]

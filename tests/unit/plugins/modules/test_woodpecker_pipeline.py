@@ -126,8 +126,8 @@ def test_restart_with_fallback(run_module: t.Callable[..., Run], server: FakeWoo
     result = run.result
     assert not run.failed and result["changed"] and result["fallback_used"] and result["created_new"]
     assert result["pipeline"] == 3 and result["event"] == "manual"  # 2 is the stillborn restart
-    assert result["msg"].startswith("Started Woodpecker pipeline acme/app#3 (manual on main) because the restart "
-                                    "hit the lost-definition bug")
+    assert result["msg"].startswith("Started Woodpecker pipeline acme/app#3 (manual on main) in place of restarting "
+                                    "#1, whose definition the server lost")
 
 
 def test_restart_without_fallback_fails_naming_the_option(run_module: t.Callable[..., Run],
@@ -225,3 +225,42 @@ def test_rejected_token_and_unreachable_server(run_module: t.Callable[..., Run])
     down = run_module(server_url="http://127.0.0.1:9", timeout=1)
     assert down.failed and "cannot reach the Woodpecker server at http://127.0.0.1:9" in down.result["msg"]
     assert "Traceback" not in down.output
+
+
+def test_a_step_that_ended_in_error_puts_its_error_in_the_message(run_module: t.Callable[..., Run],
+                                                                  server: FakeWoodpecker) -> None:
+    pull_error = "Error response from daemon: manifest for registry.example:5050/infra-ci:latest not found"
+    server.plan(5, ["pending", "running", "error"], failing_step="push-image", step_error=pull_error)
+    run = run_module(wait=True)
+    assert run.failed
+    assert run.result["failed_step"]["state"] == "error" and run.result["failed_step"]["error"] == pull_error
+    assert f"step push-image (workflow build) ended error: {pull_error}" in run.result["msg"]
+
+
+def test_a_failure_that_stored_a_pipeline_returns_its_address(run_module: t.Callable[..., Run],
+                                                              server: FakeWoodpecker) -> None:
+    server.repos[5].manual_config = "fetch_error"
+    run = run_module()
+    assert run.failed and run.result["changed"] and run.result["pipeline"] == 1
+    assert run.result["url"] == f"{server.url}/repos/5/pipeline/1"
+
+
+def test_a_restart_whose_configuration_does_not_lint_returns_the_stored_pipeline(
+    run_module: t.Callable[..., Run], server: FakeWoodpecker
+) -> None:
+    old = server.add_pipeline(5, status="error", errors=["[linter] steps.push-image.image: image is required"])
+    server.stored(5, old)["_workflows"] = {}
+    server.repos[5].restart_config = "lint_error"
+    run = run_module(action="restart", pipeline=old, fallback_to_trigger=True)
+    assert run.failed and run.result["changed"] and run.result["pipeline"] == old + 1
+    assert run.result["url"] == f"{server.url}/repos/5/pipeline/{old + 1}"
+    assert "does not parse or lint" in run.result["msg"] and not run.result["fallback_used"]
+
+
+def test_a_lost_trigger_answer_with_a_key_returns_the_pipeline_and_warns(
+    run_module: t.Callable[..., Run], server: FakeWoodpecker
+) -> None:
+    server.fault_answer("drop", path=r"/api/repos/\d+/pipelines")
+    run = run_module(idempotency_key="incident-7")
+    assert not run.failed and run.result["changed"] and run.result["pipeline"] == 1
+    assert "may have started the pipeline; it did: pipeline #1 carries idempotency key incident-7" in run.output
