@@ -228,6 +228,21 @@ def test_blob_read_with_no_body_is_the_cache_lie(server: LoopbackServer) -> None
     assert client_for(server).check_blob("app", BLOB, "head").status == 200
 
 
+def test_connections_are_kept_and_an_answer_left_unread_is_dropped(server: LoopbackServer) -> None:
+    # A registry that ignores Range sends the whole blob: after its first byte the rest is still on the
+    # connection, which must be dropped, never handed to the next request. Answers read to their end keep it.
+    server.routes[f"GET /v2/app/blobs/{BLOB}"] = lambda seen: Reply(200, b"x" * 4096)
+    server.routes["/v2/app/manifests/v1"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST)
+    client = client_for(server)
+    for unused in range(2):
+        assert client.check_blob("app", BLOB, "read").size == 4096
+        assert client.get_manifest("app", "v1").body == MANIFEST
+    client.close()
+    assert client.request_count == len(server.seen) == 4
+    # Blob read (dropped), manifest on a new connection, blob read on that one (dropped), manifest on a third.
+    assert server.connections == 3
+
+
 def test_missing_blob_head_fetches_the_error_code(server: LoopbackServer) -> None:
     server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: json_reply(
         404, {"errors": [{"code": "BLOB_UNKNOWN", "message": "blob unknown"}]})
