@@ -505,7 +505,7 @@ class RegistryClient:
             _DEADLINE.end = time.monotonic() + self.timeout
             _DEADLINE.read_timeout = self.timeout
             try:
-                raw = pool.urlopen(method, path, headers=merged, retries=False, redirect=False,
+                raw = pool.request(method, path, headers=merged, retries=False, redirect=False,
                                    assert_same_host=False, timeout=self._urllib3_timeout,
                                    preload_content=not stream, decode_content=True, enforce_content_length=True)
             except SSLError as exc:
