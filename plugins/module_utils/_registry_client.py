@@ -509,7 +509,10 @@ class RegistryClient:
                                    assert_same_host=False, timeout=self._urllib3_timeout,
                                    preload_content=not stream, decode_content=True, enforce_content_length=True)
             except SSLError as exc:
-                raise RegistryError(f"Could not reach {what} at {urlsplit(url).netloc}: {_short_reason(exc)}.") from None
+                reason = _short_reason(exc)
+                if isinstance(self._verify, str) and not os.path.exists(self._verify):
+                    reason = f"the CA file {self._verify} does not exist"
+                raise RegistryError(f"Could not reach {what} at {urlsplit(url).netloc}: {reason}.") from None
             except (HTTPError, OSError) as exc:
                 # Connection refused, reset or closed, a connect timeout: the registry may be restarting.
                 connection_failed = isinstance(exc, ConnectTimeoutError) or (

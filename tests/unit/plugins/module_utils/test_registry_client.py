@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
+import socket
 import time
 import typing as t
 
@@ -168,6 +170,19 @@ def test_unreachable_registry_is_one_sentence() -> None:
     assert caught.value.message == f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: connection refused."
     assert SECRET not in caught.value.message
     assert client.request_count == 2
+
+
+def test_a_missing_ca_file_is_named(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "registry-ca.pem"
+    with socket.socket() as listener:  # TLS never starts: the CA file is read first
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with pytest.raises(RegistryError) as caught:
+            RegistryClient(f"https://127.0.0.1:{port}", verify=str(missing)).ping()
+    assert caught.value.message == (
+        f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: the CA file {missing} does not exist."
+    )
 
 
 def test_url_with_credentials_is_refused_without_echoing_them() -> None:
