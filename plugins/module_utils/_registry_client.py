@@ -340,9 +340,15 @@ class RegistryClient:
             # The same trust as requests: its CA bundle by default, or the file or directory given.
             ca = requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
             tls = {"cert_reqs": "CERT_REQUIRED", ("ca_cert_dir" if os.path.isdir(ca) else "ca_certs"): ca}
+        pool_classes = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+        # The registry's own pool is kept at hand and its manager never holds another: a manager drops
+        # (urllib3 1.x: closes) its least recently used pool when another host comes along.
+        self._registry_pools = urllib3.PoolManager(num_pools=1, maxsize=max(1, pool_size), block=False, **tls)
+        self._registry_pools.pool_classes_by_scheme = pool_classes
+        self._pool = self._registry_pools.connection_from_url(self.base_url)
+        # Other hosts: the token service, object storage a blob redirects to.
         self._pools = urllib3.PoolManager(num_pools=2, maxsize=max(1, pool_size), block=False, **tls)
-        self._pools.pool_classes_by_scheme = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
-        self._pool = self._pools.connection_from_url(self.base_url)  # the registry's own, looked up once
+        self._pools.pool_classes_by_scheme = pool_classes
         self._urllib3_timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate", "Accept": "*/*"}
         if verify is False:
@@ -366,6 +372,7 @@ class RegistryClient:
         return self._request_count
 
     def close(self) -> None:
+        self._registry_pools.clear()
         self._pools.clear()
 
     def __enter__(self) -> "RegistryClient":

@@ -232,6 +232,29 @@ def test_blob_read_follows_a_redirect_to_another_host_without_credentials(
     assert base64.b64decode(sent.split()[1]).decode() == f"u:{SECRET}"
 
 
+def test_redirects_to_several_other_hosts_leave_the_registry_reachable(
+    server: LoopbackServer, other_server: LoopbackServer
+) -> None:
+    # Object storage may answer from more hosts than the client keeps pools for: the registry's own
+    # connections must survive the others coming and going (urllib3 1.26, Debian 12's and so the probe's,
+    # closes a pool it evicts; this fails there when the registry's pool shares a manager with them).
+    third = LoopbackServer().start()
+    try:
+        for number, storage in enumerate((other_server, third, other_server)):
+            digest = "sha256:" + str(number) * 64
+            server.routes[f"/v2/app/blobs/{digest}"] = (
+                lambda seen, url=storage.url: Reply(307, b"", {"Location": f"{url}/object"}))
+        for storage in (other_server, third):
+            storage.routes["/object"] = lambda seen: Reply(206, b"x", {"Content-Range": "bytes 0-0/42"})
+        server.routes["/v2/app/manifests/v1"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST)
+        client = client_for(server)
+        for number in range(3):
+            assert client.check_blob("app", "sha256:" + str(number) * 64, "read").redirected
+            assert client.get_manifest("app", "v1").body == MANIFEST
+    finally:
+        third.stop()
+
+
 def test_blob_read_with_no_body_is_the_cache_lie(server: LoopbackServer) -> None:
     # What 2.8 does after GC on a running registry: full headers, then nothing.
     server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: Reply(200, b"", {"Content-Length": "170"}, cut_body=True)
