@@ -264,7 +264,8 @@ def report(walk: t.Dict[str, t.Any], label: str) -> None:
     print(f"{label:30s}{seconds:8.2f} s   {walk['served']:6d} HTTP requests (client counted {walk['requests']}),"
           f" {walk['served'] / seconds:.0f} a second   {walk['manifests']} manifests + {walk['blobs']} blobs checked,"
           f" {seconds / walk['objects'] * 1000:.2f} ms an object")
-    print(f"client CPU of the walk        {walk['cpu_seconds']:8.2f} s ({walk['cpu_seconds'] / served * 1000:.3f} ms a request)")
+    print(f"client CPU of the walk        {walk['cpu_seconds']:8.2f} s"
+          f" ({walk['cpu_seconds'] / max(walk['requests'], 1) * 1000:.3f} ms a request sent)")
     print(f"registry CPU for the walk     {walk['registry_cpu']:8.2f} s ({walk['registry_cpu'] / served * 1000:.3f} ms a request):"
           f" on {os.cpu_count()} cores the walk cannot beat {walk['floor']:.2f} s; it took {seconds / max(walk['floor'], 1e-9):.2f}x that")
     interval = PROBE_INTERVAL_MINUTES * 60
