@@ -13,9 +13,15 @@ the whole catalog twice:
   each child digest. It checks less (no configs, no layers) and is timed as written.
 
 HTTP requests are counted for each from the registry's own access log ("response completed" lines),
-and the log is also searched for any object this collection requested twice.
+and the log is also searched for any object this collection requested twice. Around the walk: its own
+CPU (client CPU per request) and the registry's (/proc/<pid>/stat), which sets the floor no client can
+beat on this machine's cores and is what one probe run costs the registry.
 
-    python3 benchmarks/verify_catalog.py [--indexes 200] [--images 320] [--concurrency 8]
+``--scale`` leaves the runbook out and walks two catalogs of the same shape instead: the default one and
+one 20 times larger (10,400 tags), each written straight into a storage tree (pushing 10,400 tags
+takes too long) and served by a fresh real registry, then prints the growth of time per object.
+
+    python3 benchmarks/verify_catalog.py [--indexes 200] [--images 320] [--concurrency 8] [--scale]
 """
 
 from __future__ import annotations
@@ -38,7 +44,12 @@ import typing as t
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / ".cache" / "collections")]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / ".cache" / "collections"), str(HERE)]
+
+from scan_storage import TreeWriter  # noqa: E402  the one storage-tree writer of the benchmarks
+
+PROBE_INTERVAL_MINUTES = 15  # registry_probe_interval_minutes' default
+SCALE = 20  # --scale: 20 times the default catalog, 10,400 tags
 
 ACCESS_LINE = re.compile(
     r'msg="response completed".* http\.request\.method=(\S+) .*http\.request\.uri="?([^"\s]+)"?'
@@ -68,28 +79,64 @@ RUNBOOK = textwrap.dedent(r"""
 """)
 
 
-def access_requests(log_path: pathlib.Path, start: int, end: t.Optional[int] = None) -> t.List[t.Tuple[str, str, str]]:
-    """(method, uri, user agent) of every request the registry completed between two log offsets."""
+def access_requests(log_path: pathlib.Path, start: int, end: t.Optional[int] = None) -> t.Counter[t.Tuple[str, str]]:
+    """How often the registry completed each (method, uri) between two log offsets, read line by line."""
+    counts: t.Counter[t.Tuple[str, str]] = collections.Counter()
     with log_path.open("rb") as log:
         log.seek(start)
-        data = log.read((end - start) if end is not None else -1).decode("utf-8", "replace")
-    return [match.groups() for match in map(ACCESS_LINE.search, data.splitlines()) if match]
+        remaining = (end - start) if end is not None else None
+        for raw in log:
+            if remaining is not None:
+                if remaining <= 0:
+                    break
+                remaining -= len(raw)
+            match = ACCESS_LINE.search(raw.decode("utf-8", "replace"))
+            if match:
+                counts[match.group(1, 2)] += 1
+    return counts
 
 
-def fill(server: t.Any, indexes: int, images: int) -> t.Tuple[int, str]:
-    """Push the content with a few parallel pushers; return the tag count and the broken reference."""
-    from tests.harness.images import ImagePusher, make_layer
+def disk_pusher(server: t.Any, writer: TreeWriter) -> t.Any:
+    """The harness's ImagePusher, writing blobs, links and tags straight into a registry storage tree.
+
+    The pusher builds the same manifests, configs and layers as for a push, without HTTP: 10,000 tags
+    take many minutes to push and seconds to write. The real registry serves the tree afterwards.
+    """
+    from tests.harness.images import ImagePusher
+
+    class DiskPusher(ImagePusher):
+        def push_blob(self, repository: str, data: bytes) -> str:
+            digest = writer.blob(data)
+            writer.link(repository, "layer", digest)
+            return digest
+
+        def put_manifest(self, repository: str, reference: str, manifest_bytes: bytes, media_type: str) -> str:
+            digest = writer.blob(manifest_bytes)
+            writer.link(repository, "revision", digest)
+            if reference != digest:
+                writer.tag(repository, reference, digest)
+            return digest
+
+    return DiskPusher(server)
+
+
+def populate(new_pusher: t.Callable[[], t.Any], indexes: int, images: int, groups: int, workers: int) -> t.List[t.Any]:
+    """Indexes in ``groups`` repositories and single images in as many others, sharing eight base layers.
+
+    A scaled catalog keeps the tags per repository of the default one, so both have the same shape.
+    """
+    from tests.harness.images import make_layer
 
     bases = [make_layer(f"benchmark base layer {n}\n" * 50) for n in range(8)]
 
     def push_repository(number: int) -> t.List[t.Any]:
-        pusher = ImagePusher(server)
+        pusher = new_pusher()
         pushed = []
         try:
-            for position in range(number, indexes, 20):
+            for position in range(number, indexes, groups):
                 pushed.append(pusher.push_index(f"team{number % 4}/svc{number}", f"build-{position}",
                                                 shared_layers=[bases[position % 8]], seed=f"i{position}"))
-            for position in range(number, images, 20):
+            for position in range(number, images, groups):
                 pushed.append(pusher.push_image(
                     f"tools/app{number}", f"v{position}", seed=f"s{position}",
                     layers=[bases[position % 8], make_layer(f"app {position}\n")],
@@ -98,16 +145,43 @@ def fill(server: t.Any, indexes: int, images: int) -> t.Tuple[int, str]:
             pusher.session.close()
         return pushed
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        everything = [item for batch in pool.map(push_repository, range(20)) for item in batch]
-    # Break one index the way an API delete does: the child answers 404 at once, the tag still resolves.
-    victim = next(item for item in everything if hasattr(item, "children"))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return [item for batch in pool.map(push_repository, range(groups)) for item in batch]
+
+
+def break_one(server: t.Any, repository: str, tag: str, child: str) -> str:
+    """Break an index the way an API delete does: the child answers 404 at once, the tag still resolves."""
+    from tests.harness.images import ImagePusher
+
     pusher = ImagePusher(server)
-    response = pusher.delete_manifest(victim.repository, victim.children[0].digest)
+    response = pusher.delete_manifest(repository, child)
     pusher.session.close()
     if response.status_code != 202:
-        raise SystemExit(f"could not delete a child to break {victim.repository}:{victim.tag}: {response.status_code}")
-    return len(everything), f"{victim.repository}:{victim.tag}"
+        raise SystemExit(f"could not delete a child to break {repository}:{tag}: {response.status_code}")
+    return f"{repository}:{tag}"
+
+
+def fill(server: t.Any, indexes: int, images: int) -> t.Tuple[int, str]:
+    """Push the content through the registry's API; return the tag count and the reference broken on purpose."""
+    from tests.harness.images import ImagePusher
+
+    everything = populate(lambda: ImagePusher(server), indexes, images, groups=20, workers=4)
+    victim = next(item for item in everything if hasattr(item, "children"))
+    return len(everything), break_one(server, victim.repository, victim.tag, victim.children[0].digest)
+
+
+def generate_in_this_process(storage_root: str, indexes: int, images: int, groups: int) -> t.Dict[str, t.Any]:
+    """Write the catalog into a storage tree (in a child process: this one's memory is not the walk's)."""
+    import types
+
+    writer = TreeWriter(storage_root)
+    # ImagePusher wants a server to talk to; the disk pusher never talks.
+    offline = types.SimpleNamespace(username=None, password=None, verify=True, auth="anonymous", generation=0)
+    # Writing files is bound by this process's CPU: threads would not help.
+    everything = populate(lambda: disk_pusher(offline, writer), indexes, images, groups, workers=1)
+    victim = next(item for item in everything if hasattr(item, "children"))
+    return {"tags": len(everything), "repository": victim.repository, "tag": victim.tag,
+            "child": victim.children[0].digest, "blobs": len(writer.blobs), "files": writer.files}
 
 
 def walk_in_this_process(url: str, concurrency: int, blob_check: str, trace: bool) -> t.Dict[str, t.Any]:
@@ -119,12 +193,16 @@ def walk_in_this_process(url: str, concurrency: int, blob_check: str, trace: boo
 
     if trace:
         tracemalloc.start()
+    cpu_before = os.times()
     started = time.perf_counter()
     with RegistryClient(url, pool_size=concurrency) as client:
         result = ManifestWalker(client, concurrency=concurrency, blob_check=blob_check).verify_catalog()
     seconds = time.perf_counter() - started
+    cpu_after = os.times()
     return {
         "seconds": seconds,
+        # This process's CPU for the walk alone (interpreter start and imports left out), user and kernel.
+        "cpu_seconds": (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system),
         "images": result.summary.images,
         "manifests": result.summary.manifests,
         "blobs": result.summary.blobs,
@@ -158,19 +236,50 @@ def run_runbook(host: str) -> t.Tuple[float, str]:
     return time.perf_counter() - started, process.stdout
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
-    parser.add_argument("--indexes", type=int, default=200, help="multi-arch index tags (default 200)")
-    parser.add_argument("--images", type=int, default=320, help="single-image tags (default 320)")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--blob-check", choices=["head", "read"], default="head")
-    parser.add_argument("--walk", metavar="URL", help=argparse.SUPPRESS)
-    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.walk:
-        print(json.dumps(walk_in_this_process(args.walk, args.concurrency, args.blob_check, args.trace)))
-        return 0
+def measure(server: t.Any, concurrency: int, blob_check: str) -> t.Dict[str, t.Any]:
+    """A warm-up walk (the registry's caches, equal for every side), then the measured one.
 
+    Around the measured walk: the registry's CPU (/proc/<pid>/stat) and its access log, which counts the
+    requests it completed and finds any object asked for twice.
+    """
+    run_walk(server.url, concurrency, blob_check)
+    mark = server.log_path.stat().st_size
+    registry_cpu_before = process_cpu_seconds(server.pid)
+    walk = run_walk(server.url, concurrency, blob_check)
+    time.sleep(0.5)  # the registry writes its access line just after the response
+    walk["registry_cpu"] = process_cpu_seconds(server.pid) - registry_cpu_before
+    walk["log_end"] = server.log_path.stat().st_size
+    served = access_requests(server.log_path, mark, walk["log_end"])
+    walk["served"] = sum(served.values())
+    walk["repeated"] = sum(1 for count in served.values() if count > 1)
+    walk["objects"] = walk["manifests"] + walk["blobs"]
+    # The registry's own CPU bounds the walk from below, however cheap the client is.
+    walk["floor"] = walk["registry_cpu"] / (os.cpu_count() or 1)
+    return walk
+
+
+def report(walk: t.Dict[str, t.Any], label: str) -> None:
+    """The walk's figures: time, requests, CPU on both sides, the floor, memory, the probe's load."""
+    seconds, served = walk["seconds"], max(walk["served"], 1)
+    print(f"{label:30s}{seconds:8.2f} s   {walk['served']:6d} HTTP requests (client counted {walk['requests']}),"
+          f" {walk['served'] / seconds:.0f} a second   {walk['manifests']} manifests + {walk['blobs']} blobs checked,"
+          f" {seconds / walk['objects'] * 1000:.2f} ms an object")
+    print(f"client CPU of the walk        {walk['cpu_seconds']:8.2f} s"
+          f" ({walk['cpu_seconds'] / max(walk['requests'], 1) * 1000:.3f} ms a request sent)")
+    print(f"registry CPU for the walk     {walk['registry_cpu']:8.2f} s ({walk['registry_cpu'] / served * 1000:.3f} ms a request):"
+          f" on {os.cpu_count()} cores the walk cannot beat {walk['floor']:.2f} s; it took {seconds / max(walk['floor'], 1e-9):.2f}x that")
+    interval = PROBE_INTERVAL_MINUTES * 60
+    print(f"registry CPU per probe run    {walk['registry_cpu']:8.2f} s for {walk['images']} tags"
+          f" ({walk['registry_cpu'] / max(walk['images'], 1) * 1000:.2f} ms a tag):"
+          f" {walk['registry_cpu'] / interval * 100:.2f}% of one core every {PROBE_INTERVAL_MINUTES} minutes")
+    print(f"objects requested twice       {walk['repeated']}")
+    traced = walk.get("tracemalloc_peak_mb")
+    print(f"peak memory of the walk       {walk['peak_rss_mb']:.1f} MB RSS (whole process)"
+          + (f", {traced:.1f} MB Python heap peak (tracemalloc, separate run)" if traced else ""))
+
+
+def runbook_comparison(args: argparse.Namespace) -> int:
+    """The default mode: push the catalog, walk it, run the runbook's loop on it, compare."""
     from tests.harness.registry import start_registry
 
     for tool in ("skopeo", "curl", "jq"):
@@ -183,52 +292,107 @@ def main() -> int:
         pushed_at = time.perf_counter()
         tags, victim = fill(server, args.indexes, args.images)
         print(f"pushed {tags} tags in {time.perf_counter() - pushed_at:.1f} s; broken on purpose: {victim}")
-
-        run_walk(server.url, args.concurrency, args.blob_check)  # warm the registry's caches for both sides
-        log = server.log_path
-        mark = log.stat().st_size
-        registry_cpu_before = process_cpu_seconds(server.pid)
-        walk = run_walk(server.url, args.concurrency, args.blob_check)
-        time.sleep(0.5)  # the registry writes its access line just after the response
-        registry_cpu = process_cpu_seconds(server.pid) - registry_cpu_before
-        middle = log.stat().st_size
+        walk = measure(server, args.concurrency, args.blob_check)
         runbook_seconds, runbook_output = run_runbook(server.host)
         time.sleep(0.5)
-        walk_log = access_requests(log, mark, middle)
-        runbook_log = access_requests(log, middle)
+        runbook_requests = sum(access_requests(server.log_path, walk["log_end"]).values())
         traced = run_walk(server.url, args.concurrency, args.blob_check, trace=True)
+        walk["tracemalloc_peak_mb"] = traced["tracemalloc_peak_mb"]
     finally:
         server.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    repeated = [key for key, count in collections.Counter(entry[:2] for entry in walk_log).items() if count > 1]
     runbook_broken = [line for line in runbook_output.splitlines() if line.startswith("BROKEN")]
     ratio = runbook_seconds / walk["seconds"]
     print()
     print(f"tags in the catalog           {walk['images']}")
-    print(f"this collection ({args.blob_check})      {walk['seconds']:8.2f} s   {len(walk_log):6d} HTTP requests"
-          f" (client counted {walk['requests']})   {walk['manifests']} manifests + {walk['blobs']} blobs checked")
-    print(f"runbook (skopeo + curl -I)    {runbook_seconds:8.2f} s   {len(runbook_log):6d} HTTP requests"
+    report(walk, f"this collection ({args.blob_check})")
+    print(f"runbook (skopeo + curl -I)    {runbook_seconds:8.2f} s   {runbook_requests:6d} HTTP requests"
           f"   manifests only, no configs or layers")
-    print(f"ratio                         {ratio:8.1f}x faster")
-    walk_objects = walk["manifests"] + walk["blobs"]
+    print(f"ratio                         {ratio:8.1f}x faster;"
+          f" the registry's CPU for the walk caps it at {runbook_seconds / max(walk['floor'], 1e-9):.1f}x on this run")
     runbook_objects = walk["manifests"]  # every tag and every child manifest, nothing below them
-    per_object = (runbook_seconds / runbook_objects) / (walk["seconds"] / walk_objects)
-    print(f"per object checked            {walk['seconds'] / walk_objects * 1000:8.1f} ms walk,"
+    per_object = (runbook_seconds / runbook_objects) / (walk["seconds"] / walk["objects"])
+    print(f"per object checked            {walk['seconds'] / walk['objects'] * 1000:8.1f} ms walk,"
           f" {runbook_seconds / runbook_objects * 1000:.1f} ms runbook ({per_object:.1f}x)")
-    # The registry's own CPU for the walk bounds it from below, whatever the client costs.
-    floor = registry_cpu / (os.cpu_count() or 1)
-    print(f"registry CPU for the walk     {registry_cpu:8.2f} s ({registry_cpu / max(len(walk_log), 1) * 1000:.2f} ms a request):"
-          f" on {os.cpu_count()} cores the walk cannot beat {floor:.2f} s, {runbook_seconds / max(floor, 1e-9):.1f}x this runbook run")
-    print(f"objects requested twice       {len(repeated)}")
-    print(f"peak memory of the walk       {walk['peak_rss_mb']:.1f} MB RSS (whole process),"
-          f" {traced['tracemalloc_peak_mb']:.1f} MB Python heap peak (tracemalloc, separate run)")
     print(f"broken found: this collection {walk['broken_images']}; runbook {len(runbook_broken)} line(s): "
           + "; ".join(runbook_broken[:3]))
-    goals = {"20x faster": ratio >= 20, "no object twice": not repeated, "under 150 MB": walk["peak_rss_mb"] < 150,
+    goals = {"20x faster": ratio >= 20, "within 1.3x of the registry's floor": walk["seconds"] <= 1.3 * walk["floor"],
+             "no object twice": not walk["repeated"], "under 150 MB": walk["peak_rss_mb"] < 150,
              "both found the break": bool(runbook_broken) and walk["broken_images"] == [victim]}
     print("goals: " + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in goals.items()))
     return 0
+
+
+def scale_comparison(args: argparse.Namespace) -> int:
+    """--scale: the default catalog and one SCALE times larger, same shape, written to disk, each served
+    by a fresh real registry and walked the same way; time per object should not grow with the catalog."""
+    from tests.harness.registry import start_registry
+
+    runs = []
+    for factor in (1, SCALE):
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix="verify-catalog-scale-"))
+        try:
+            started = time.perf_counter()
+            storage = workdir / "storage"
+            generated = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), "--generate-into", str(storage),
+                 "--indexes", str(args.indexes * factor), "--images", str(args.images * factor),
+                 "--groups", str(20 * factor)],
+                capture_output=True, text=True, check=True).stdout
+            made = json.loads(generated.strip().splitlines()[-1])
+            server = start_registry(workdir, "anonymous")
+            try:
+                victim = break_one(server, made["repository"], made["tag"], made["child"])
+                print(f"wrote {made['tags']} tags ({made['blobs']} blobs, {made['files']} files) in"
+                      f" {time.perf_counter() - started:.1f} s; registry {server.url} (pid {server.pid});"
+                      f" broken on purpose: {victim}", flush=True)
+                walk = measure(server, args.concurrency, args.blob_check)
+            finally:
+                server.close()
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        walk["victim"] = victim
+        runs.append(walk)
+        print()
+        print(f"tags in the catalog           {walk['images']}")
+        report(walk, f"this collection ({args.blob_check})")
+        print(f"broken found                  {walk['broken_images']}", flush=True)
+        print()
+
+    small, large = runs
+    growth = (large["seconds"] / large["objects"]) / (small["seconds"] / small["objects"])
+    print(f"time per object, {large['images']} tags against {small['images']}: {growth:.2f}x"
+          f" ({large['seconds'] / large['objects'] * 1000:.2f} ms and {small['seconds'] / small['objects'] * 1000:.2f} ms)")
+    goals = {"no object twice": not (small["repeated"] or large["repeated"]),
+             "under 150 MB": large["peak_rss_mb"] < 150,
+             "time per object grows under 1.2x": growth < 1.2,
+             f"within 1.3x of the registry's floor at {large['images']} tags": large["seconds"] <= 1.3 * large["floor"],
+             "the break found": all(run["broken_images"] == [run["victim"]] for run in runs)}
+    print("goals: " + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in goals.items()))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--indexes", type=int, default=200, help="multi-arch index tags (default 200)")
+    parser.add_argument("--images", type=int, default=320, help="single-image tags (default 320)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--blob-check", choices=["head", "read"], default="head")
+    parser.add_argument("--scale", action="store_true",
+                        help=f"walk the catalog and one {SCALE} times larger (written to disk, no runbook side)")
+    parser.add_argument("--walk", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--generate-into", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--groups", type=int, default=20, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.walk:
+        print(json.dumps(walk_in_this_process(args.walk, args.concurrency, args.blob_check, args.trace)))
+        return 0
+    if args.generate_into:
+        print(json.dumps(generate_in_this_process(args.generate_into, args.indexes, args.images, args.groups)))
+        return 0
+    return scale_comparison(args) if args.scale else runbook_comparison(args)
 
 
 if __name__ == "__main__":

@@ -63,11 +63,17 @@ class LoopbackServer:
     def __init__(self) -> None:
         self.routes: t.Dict[str, Handler] = {}
         self.seen: t.List[Seen] = []
+        self.connections = 0  # TCP connections accepted: tells whether the client keeps them alive
         self._lock = threading.Lock()
         outer = self
 
         class _Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                with outer._lock:
+                    outer.connections += 1
+                super().setup()
 
             def log_message(self, format: str, *args: t.Any) -> None:  # noqa: A002 - keep test output quiet
                 pass

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import pathlib
+import socket
 import time
 import typing as t
 
@@ -170,6 +172,19 @@ def test_unreachable_registry_is_one_sentence() -> None:
     assert client.request_count == 2
 
 
+def test_a_missing_ca_file_is_named(tmp_path: pathlib.Path) -> None:
+    missing = tmp_path / "registry-ca.pem"
+    with socket.socket() as listener:  # TLS never starts: the CA file is read first
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        with pytest.raises(RegistryError) as caught:
+            RegistryClient(f"https://127.0.0.1:{port}", verify=str(missing)).ping()
+    assert caught.value.message == (
+        f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: the CA file {missing} does not exist."
+    )
+
+
 def test_url_with_credentials_is_refused_without_echoing_them() -> None:
     with pytest.raises(RegistryError) as caught:
         RegistryClient(f"https://user:{SECRET}@registry.example")
@@ -217,6 +232,29 @@ def test_blob_read_follows_a_redirect_to_another_host_without_credentials(
     assert base64.b64decode(sent.split()[1]).decode() == f"u:{SECRET}"
 
 
+def test_redirects_to_several_other_hosts_leave_the_registry_reachable(
+    server: LoopbackServer, other_server: LoopbackServer
+) -> None:
+    # Object storage may answer from more hosts than the client keeps pools for: the registry's own
+    # connections must survive the others coming and going (urllib3 1.26, Debian 12's and so the probe's,
+    # closes a pool it evicts; this fails there when the registry's pool shares a manager with them).
+    third = LoopbackServer().start()
+    try:
+        for number, storage in enumerate((other_server, third, other_server)):
+            digest = "sha256:" + str(number) * 64
+            server.routes[f"/v2/app/blobs/{digest}"] = (
+                lambda seen, url=storage.url: Reply(307, b"", {"Location": f"{url}/object"}))
+        for storage in (other_server, third):
+            storage.routes["/object"] = lambda seen: Reply(206, b"x", {"Content-Range": "bytes 0-0/42"})
+        server.routes["/v2/app/manifests/v1"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST)
+        client = client_for(server)
+        for number in range(3):
+            assert client.check_blob("app", "sha256:" + str(number) * 64, "read").redirected
+            assert client.get_manifest("app", "v1").body == MANIFEST
+    finally:
+        third.stop()
+
+
 def test_blob_read_with_no_body_is_the_cache_lie(server: LoopbackServer) -> None:
     # What 2.8 does after GC on a running registry: full headers, then nothing.
     server.routes[f"/v2/app/blobs/{BLOB}"] = lambda seen: Reply(200, b"", {"Content-Length": "170"}, cut_body=True)
@@ -226,6 +264,21 @@ def test_blob_read_with_no_body_is_the_cache_lie(server: LoopbackServer) -> None
     assert caught.value.status == 200
     # The same lie passes a HEAD check: that is why the read mode exists.
     assert client_for(server).check_blob("app", BLOB, "head").status == 200
+
+
+def test_connections_are_kept_and_an_answer_left_unread_is_dropped(server: LoopbackServer) -> None:
+    # A registry that ignores Range sends the whole blob: after its first byte the rest is still on the
+    # connection, which must be dropped, never handed to the next request. Answers read to their end keep it.
+    server.routes[f"GET /v2/app/blobs/{BLOB}"] = lambda seen: Reply(200, b"x" * 4096)
+    server.routes["/v2/app/manifests/v1"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST)
+    client = client_for(server)
+    for unused in range(2):
+        assert client.check_blob("app", BLOB, "read").size == 4096
+        assert client.get_manifest("app", "v1").body == MANIFEST
+    client.close()
+    assert client.request_count == len(server.seen) == 4
+    # Blob read (dropped), manifest on a new connection, blob read on that one (dropped), manifest on a third.
+    assert server.connections == 3
 
 
 def test_missing_blob_head_fetches_the_error_code(server: LoopbackServer) -> None:
