@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """HTTP client for a CNCF distribution registry (v2 API).
 
-Pure Python over the pooled ``urllib3`` layer that ``requests`` is built on; no Ansible imports.
+Pure Python over the collection's own small HTTP/1.1 transport (``_http_transport``); no Ansible imports.
 Every failure is a ``RegistryError`` whose message is one sentence naming the object, carrying the
 HTTP status and the registry's error code.
 Credentials live only in this object's private attributes: never in a message, repr or log line.
@@ -10,23 +10,23 @@ Credentials live only in this object's private attributes: never in a message, r
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
 import json
 import os
 import re
 import socket
+import ssl
 import threading
 import time
 import typing as t
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+from ._http_transport import ConnectFailed, Origin, Response, TLSFailed, Transport, TransportError
+
 try:
-    import requests
-    import urllib3
-    from urllib3.connection import HTTPConnection, HTTPSConnection
-    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-    from urllib3.exceptions import ConnectTimeoutError, HTTPError, SSLError
+    import requests  # its CA bundle: the same trust as every requests-based tool on the host
 except ImportError as exc:  # the module reports this with missing_required_lib
     requests = None  # type: ignore[assignment]
     REQUESTS_IMPORT_ERROR: t.Optional[ImportError] = exc
@@ -55,6 +55,8 @@ DEFAULT_TOKEN_LIFETIME = 60  # seconds, when the token service omits expires_in
 # Long enough to ride out a registry restart (compose restart, the role's GC stop and start).
 DEFAULT_RETRY_WINDOW = 30.0
 _MAX_BACKOFF = 5.0  # seconds between two tries, however long the window
+# Bodies read with the headers (error answers, tokens, the API check) are small; more is dropped unread.
+_MAX_SMALL_BODY = 1024 * 1024
 # A body cut short after the headers is asked for again this many times. Not the whole window: the
 # registry did answer, and a blob whose data is gone behind the blob cache is cut short every time.
 _CUT_RETRIES = 2
@@ -124,7 +126,7 @@ def named_with_digest(what: str, digest: t.Optional[str]) -> str:
 
 
 # -- a deadline for the whole request ---------------------------------------------------------
-# requests' timeout bounds each socket read, so a server that sends a byte every few seconds is never
+# A socket timeout bounds each read, so a server that sends a byte every few seconds is never
 # timed out. Each request sets a deadline for its thread; every read on a connection of this client
 # waits at most until then. One request runs at a time per thread and its body is read in that thread.
 _DEADLINE = threading.local()
@@ -172,51 +174,27 @@ def _with_deadline(sock: t.Any) -> None:
     sock.__class__ = bounded
 
 
-if requests is not None:
-
-    class _DeadlineHTTPConnection(HTTPConnection):
-        def connect(self) -> None:
-            super().connect()
-            _with_deadline(self.sock)
-
-    class _DeadlineHTTPSConnection(HTTPSConnection):
-        def connect(self) -> None:
-            super().connect()
-            _with_deadline(self.sock)
-
-    class _DeadlineHTTPPool(HTTPConnectionPool):
-        ConnectionCls = _DeadlineHTTPConnection
-
-    class _DeadlineHTTPSPool(HTTPSConnectionPool):
-        ConnectionCls = _DeadlineHTTPSConnection
-
-
 class _Answer:
-    """One answer: status and headers, and the body still on its pooled connection when streamed.
+    """One answer: status and headers, and the body still on its connection when streamed."""
 
-    The client talks to urllib3's connection pool directly: a ``requests.Session`` cost 0.65 ms of
-    client CPU per request, two thirds of what the registry spends answering it, and a catalog walk is
-    nothing but small requests (benchmarks/README.md has the figures).
-    """
+    __slots__ = ("method", "url", "raw", "status_code", "headers", "data")
 
-    __slots__ = ("method", "url", "raw", "status_code", "headers")
-
-    def __init__(self, method: str, url: str, raw: t.Any):
+    def __init__(self, method: str, url: str, raw: Response, data: t.Optional[bytes] = None):
         self.method = method
         self.url = url
         self.raw = raw
         self.status_code: int = raw.status
-        self.headers: t.Any = raw.headers  # case-insensitive
+        self.headers = raw.headers  # case-insensitive
+        self.data = data  # the body when it was read with the headers
 
     def json(self) -> t.Any:
-        return json.loads(self.raw.data)
+        if self.data is None:
+            self.data = self.raw.read_all(_MAX_SMALL_BODY)
+        return json.loads(self.data or b"")
 
     def close(self) -> None:
         """Hand the connection back when the body was read to its end, otherwise drop it."""
-        raw = self.raw
-        if raw.length_remaining != 0 and not raw.closed:
-            raw.close()
-        raw.release_conn()
+        self.raw.release()
 
 
 class _CutShort(Exception):
@@ -228,34 +206,23 @@ class _CutShort(Exception):
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    if isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout)):
-        return True
-    # A timeout may come wrapped (a ProtocolError around the socket's timeout).
-    return "timed out" in str(exc) or any(isinstance(arg, socket.timeout) for arg in getattr(exc, "args", ()))
+    return isinstance(exc, socket.timeout)
 
 
 def _short_reason(exc: BaseException) -> str:
-    """The useful end of a urllib3 error, without URLs or nested reprs."""
-    text = str(exc)
-    for needle, reason in (
-        ("Connection refused", "connection refused"),
-        ("Name or service not known", "host name not found"),
-        ("Temporary failure in name resolution", "host name not found"),
-        ("No route to host", "no route to host"),
-        ("Network is unreachable", "network unreachable"),
-        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
-        ("certificate verify failed", "TLS certificate verification failed"),
-        ("WRONG_VERSION_NUMBER", "TLS handshake failed (is it plain HTTP?)"),
-        ("Connection reset", "connection reset"),
-        ("RemoteDisconnected", "the server closed the connection"),
-        ("IncompleteRead", "the answer was cut short"),
-    ):
-        if needle in text:
-            return reason
+    """What went wrong on the connection, in a few words, without URLs or nested reprs."""
+    if isinstance(exc, TransportError):
+        return exc.reason
     if _is_timeout(exc):
         return "timed out"
-    if isinstance(exc, SSLError):
-        return "TLS handshake failed"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    if isinstance(exc, BrokenPipeError):
+        return "the server closed the connection"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS failed in the middle of the answer"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
     return type(exc).__name__
 
 
@@ -284,7 +251,7 @@ def _error_code(response: _Answer) -> t.Optional[str]:
     try:
         errors = response.json().get("errors")
         return str(errors[0]["code"]) if errors else None
-    except (ValueError, AttributeError, KeyError, IndexError, TypeError, RecursionError, HTTPError):
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError, RecursionError, OSError):
         return None
 
 
@@ -336,25 +303,13 @@ class RegistryClient:
         self._password = password or None
         self._verify = verify
         # Nothing is read from the environment (no netrc credentials, no proxies behind the user's back).
-        tls: t.Dict[str, t.Any] = {"cert_reqs": "CERT_NONE"}
-        if verify is not False:
-            # The same trust as requests: its CA bundle by default, or the file or directory given.
-            ca = requests.utils.DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
-            tls = {"cert_reqs": "CERT_REQUIRED", ("ca_cert_dir" if os.path.isdir(ca) else "ca_certs"): ca}
-        pool_classes = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
-        # The registry's own pool is kept at hand and its manager never holds another: a manager drops
-        # (urllib3 1.x: closes) its least recently used pool when another host comes along.
-        self._registry_pools = urllib3.PoolManager(num_pools=1, maxsize=max(1, pool_size), block=False, **tls)
-        self._registry_pools.pool_classes_by_scheme = pool_classes
-        self._pool = self._registry_pools.connection_from_url(self.base_url)
-        # Other hosts: the token service, object storage a blob redirects to.
-        self._pools = urllib3.PoolManager(num_pools=2, maxsize=max(1, pool_size), block=False, **tls)
-        self._pools.pool_classes_by_scheme = pool_classes
-        self._urllib3_timeout = urllib3.Timeout(connect=timeout, read=timeout)
-        self._headers = {"User-Agent": user_agent, "Accept-Encoding": "gzip, deflate", "Accept": "*/*"}
-        if verify is False:
-            # The user turned verification off on purpose; one warning per request would bury the result.
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._origin: Origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        # Connections to the registry are kept; so are those to two other hosts at most (the token
+        # service, object storage a blob redirects to), which never push the registry's out.
+        self._transport = Transport(self._origin, timeout, self._tls_context, pool_size=pool_size, max_origins=3,
+                                    on_connect=_with_deadline)
+        # Bodies are hashed as sent: a compressed manifest would not hash to its digest.
+        self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity", "Accept": "*/*"}
         self._lock = threading.Lock()
         self._scheme: t.Optional[str] = None  # "basic" or "bearer" once the registry has asked
         self._challenge: t.Dict[str, str] = {}
@@ -373,8 +328,17 @@ class RegistryClient:
         return self._request_count
 
     def close(self) -> None:
-        self._registry_pools.clear()
-        self._pools.clear()
+        self._transport.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._verify is False:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        # The same trust as requests: its CA bundle by default, or the file or directory given.
+        ca = requests.utils.DEFAULT_CA_BUNDLE_PATH if self._verify is True else str(self._verify)
+        return ssl.create_default_context(**{"capath" if os.path.isdir(ca) else "cafile": ca})
 
     def __enter__(self) -> "RegistryClient":
         return self
@@ -388,7 +352,8 @@ class RegistryClient:
         """The Basic Authorization header value, or None without a username."""
         if self._username is None:
             return None
-        return urllib3.util.make_headers(basic_auth=f"{self._username}:{self._password or ''}")["authorization"]
+        pair = f"{self._username}:{self._password or ''}".encode("utf-8")
+        return "Basic " + base64.b64encode(pair).decode("ascii")
 
     def _token_for(self, scope: str) -> str:
         with self._lock:
@@ -475,21 +440,22 @@ class RegistryClient:
 
     # -- transport ------------------------------------------------------------------------------
 
-    def _pool_for(self, url: str, what: str) -> t.Tuple[t.Any, str]:
-        """The connection pool for a URL and the path to ask it for; the registry's own is kept at hand."""
+    def _origin_for(self, url: str, what: str) -> t.Tuple[Origin, str]:
+        """The origin (scheme, host, port) of a URL and the target to ask it for; the registry's at hand."""
         base = self.base_url
         if url.startswith(base) and url[len(base):len(base) + 1] in ("/", "?"):
-            return self._pool, url[len(base):]
+            return self._origin, url[len(base):]
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RegistryError(
                 f"{what} points to an {parts.scheme} URL, which cannot be followed (only http and https can)."
             )
         try:
-            pool = self._pools.connection_from_url(url)
-        except (HTTPError, ValueError) as exc:
-            raise RegistryError(f"Request for {what} failed: {_short_reason(exc)}.") from None
-        return pool, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            port = parts.port
+        except ValueError:
+            raise RegistryError(f"{what} points to {parts.netloc}, whose port is not a number.") from None
+        origin = (parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
+        return origin, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
     def _send(
         self, method: str, url: str, what: str, headers: t.Optional[t.Dict[str, str]] = None, stream: bool = False
@@ -501,7 +467,7 @@ class RegistryClient:
         would be as slow again, and the wait would multiply. ``stream`` leaves the body on the
         connection for the caller to read (or not); otherwise it is read with the headers.
         """
-        pool, path = self._pool_for(url, what)
+        origin, target = self._origin_for(url, what)
         merged = dict(self._headers)
         if headers:
             merged.update(headers)
@@ -513,22 +479,20 @@ class RegistryClient:
             _DEADLINE.end = time.monotonic() + self.timeout
             _DEADLINE.read_timeout = self.timeout
             try:
-                raw = pool.request(method, path, headers=merged, retries=False, redirect=False,
-                                   assert_same_host=False, timeout=self._urllib3_timeout,
-                                   preload_content=not stream, decode_content=True, enforce_content_length=True)
-            except SSLError as exc:
-                reason = _short_reason(exc)
+                raw = self._transport.request(origin, method, target, merged)
+                data = None if stream else raw.read_all(_MAX_SMALL_BODY)
+            except TLSFailed as exc:
+                reason = exc.reason
                 if isinstance(self._verify, str) and not os.path.exists(self._verify):
                     reason = f"the CA file {self._verify} does not exist"
                 raise RegistryError(f"Could not reach {what} at {urlsplit(url).netloc}: {reason}.") from None
-            except (HTTPError, OSError) as exc:
+            except ValueError as exc:
+                raise RegistryError(f"Request for {what} was not sent: {exc}.") from None
+            except OSError as exc:
                 # Connection refused, reset or closed, a connect timeout: the registry may be restarting.
-                connection_failed = isinstance(exc, ConnectTimeoutError) or (
-                    not _is_timeout(exc) and isinstance(exc, (urllib3.exceptions.ProtocolError, OSError)))
-                if not connection_failed:
-                    if _is_timeout(exc):
-                        raise self.timeout_error(what, url) from None
-                    raise RegistryError(f"Request for {what} failed: {_short_reason(exc)}.") from None
+                # A read that timed out is not repeated (see above).
+                if _is_timeout(exc) and not isinstance(exc, ConnectFailed):
+                    raise self.timeout_error(what, url) from None
                 first_failure = first_failure or time.monotonic()
                 delay = self._retry_delay(attempt, None, first_failure)
                 if delay is None:
@@ -538,7 +502,7 @@ class RegistryClient:
                 time.sleep(delay)
                 attempt += 1
                 continue
-            response = _Answer(method, url, raw)
+            response = _Answer(method, url, raw, data)
             if response.status_code in RETRY_STATUSES:
                 first_failure = first_failure or time.monotonic()
                 retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
@@ -795,7 +759,7 @@ class RegistryClient:
                     raise self._fail(response, what)
                 try:
                     first = response.raw.read(1)
-                except Exception as exc:  # urllib3 raises several types for a body cut short
+                except OSError as exc:  # cut short, reset, closed
                     if _is_timeout(exc):
                         raise self.timeout_error(what, response.url) from None
                     first = b""
@@ -854,10 +818,17 @@ class RegistryClient:
 
     def _read_capped(self, response: _Answer, limit: int, what: str, limit_text: str) -> bytes:
         """The whole body; raises _CutShort when it ends early, RegistryError when too large or too slow."""
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            # Not the object's fault (no status): something between here and the registry compressed it.
+            raise RegistryError(f"{what} came in the {encoding} content encoding, which was not asked for.")
         chunks = []
         size = 0
         try:
-            for chunk in response.raw.stream(65536, decode_content=True):
+            while True:
+                chunk = response.raw.read(65536)
+                if not chunk:
+                    break
                 size += len(chunk)
                 if size > limit:
                     raise RegistryError(
@@ -865,14 +836,10 @@ class RegistryClient:
                         status=response.status_code,
                     )
                 chunks.append(chunk)
-        except (HTTPError, OSError) as exc:
+        except OSError as exc:
             if _is_timeout(exc):
                 raise self.timeout_error(what, response.url) from None
             raise _CutShort(_short_reason(exc)) from None
-        declared = response.headers.get("Content-Length") or ""
-        if declared.isdigit() and not response.headers.get("Content-Encoding") and size < int(declared):
-            # Some urllib3 versions hand over a short body without complaint.
-            raise _CutShort("the answer was cut short")
         return b"".join(chunks)
 
     def _paginate(self, first_path: str, key: str, what: str, scope: str) -> t.List[str]:

@@ -161,4 +161,4 @@ def test_healthy_tls_registry_with_ca_path(registry_tls: RegistryServer, make_pu
     unused_process, untrusted = run_playbook(tmp_path, {"registry_url": registry_tls.url,
                                                         "images": ["infra-ci:latest"]})
     assert untrusted["msg"] == (f"Could not reach the v2 API of {registry_tls.host} at {registry_tls.host}:"
-                                " TLS certificate verification failed.")
+                                " TLS certificate verification failed (unable to get local issuer certificate).")

@@ -235,9 +235,8 @@ def test_blob_read_follows_a_redirect_to_another_host_without_credentials(
 def test_redirects_to_several_other_hosts_leave_the_registry_reachable(
     server: LoopbackServer, other_server: LoopbackServer
 ) -> None:
-    # Object storage may answer from more hosts than the client keeps pools for: the registry's own
-    # connections must survive the others coming and going (urllib3 1.26, Debian 12's and so the probe's,
-    # closes a pool it evicts; this fails there when the registry's pool shares a manager with them).
+    # Object storage may answer from more hosts than the client keeps connections for: the registry's
+    # own must survive the others coming and going (the transport never evicts the registry's origin).
     third = LoopbackServer().start()
     try:
         for number, storage in enumerate((other_server, third, other_server)):
