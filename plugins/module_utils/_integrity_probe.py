@@ -35,7 +35,14 @@ from ._cli_arguments import OneLineParser, whole_number
 from ._manifest_walk import BLOB_CHECK_MODES, ManifestCache, ManifestWalker
 from ._registry_client import DEFAULT_RETRY_WINDOW, RegistryClient, RegistryError
 from ._report_files import pushgateway_url_problem, redact_url, write_json_report, write_metrics
-from ._verify_report import DEFAULT_PUSHGATEWAY_JOB, VerifyRun, push_run_metrics, read_previous_run, run_verification
+from ._verify_report import (
+    DEFAULT_PUSHGATEWAY_JOB,
+    VerifyRun,
+    first_per_image,
+    push_run_metrics,
+    read_previous_run,
+    run_verification,
+)
 
 EXIT_OK, EXIT_BROKEN, EXIT_UNVERIFIED, EXIT_BUSY = 0, 1, 2, 3  # a bad command line exits 2 too
 DEFAULT_LOCK_FILE = "/run/lock/selfhosted-registry-probe.lock"
@@ -144,11 +151,7 @@ def summary_lines(run: VerifyRun) -> t.List[str]:
     result = run.result
     lines = []
     for label, findings in (("BROKEN", result.broken), ("UNVERIFIED", result.unverified)):
-        seen: t.Set[str] = set()
-        for finding in findings:
-            if finding.reference in seen:
-                continue
-            seen.add(finding.reference)
+        for finding in first_per_image(findings):
             lines.append(f"{label} image={finding.reference} object={finding.object_type}"
                          f" digest={finding.digest or '-'} status={finding.status or '-'} {finding.message}")
     for error in result.repository_errors:
