@@ -33,7 +33,7 @@ import typing as t
 
 from ._cli_arguments import OneLineParser, seconds
 from ._gc_guard import FAILED, GCGuardError, GCOptions, GCOutcome, run_guarded_gc
-from ._report_files import Metric, write_json_report, write_metrics
+from ._report_files import Metric, write_report_files
 from ._storage_scan import (
     DEFAULT_LOCK_FILE,
     DEFAULT_LOCK_WAIT,
@@ -220,15 +220,10 @@ def run_scan(arguments: argparse.Namespace) -> int:
 
 
 def _write_outputs(arguments: argparse.Namespace, report: t.Mapping[str, t.Any], metrics: t.List[Metric]) -> bool:
-    try:
-        if arguments.json_report:
-            write_json_report(arguments.json_report, report)
-        if arguments.metrics_file:
-            write_metrics(arguments.metrics_file, metrics)
-    except OSError as error:
-        _error(f"cannot write {error.filename}: {error.strerror}")
-        return False
-    return True
+    problem = write_report_files(arguments.json_report, report, arguments.metrics_file, metrics)
+    if problem:
+        _error(problem)
+    return problem is None
 
 
 def run_gc(arguments: argparse.Namespace) -> int:
@@ -259,13 +254,7 @@ def run_gc(arguments: argparse.Namespace) -> int:
         _print(line)
     if outcome.status == "error":
         _error(outcome.message)
-    try:
-        if arguments.json_report:
-            write_json_report(arguments.json_report, outcome.as_dict())
-        if arguments.metrics_file:
-            write_metrics(arguments.metrics_file, outcome.metrics())
-    except OSError as error:
-        _error(f"cannot write {error.filename}: {error.strerror}")
+    if not _write_outputs(arguments, outcome.as_dict(), outcome.metrics()):
         return FAILED
     return outcome.exit_code
 
