@@ -182,14 +182,19 @@ class StorageTree:
 
     def listing(self) -> t.List[t.Tuple[str, str, int]]:
         """Every path under the tree with its type and size, to prove nothing changed."""
-        rows = []
-        for directory, dirs, files in os.walk(self.root):
-            dirs.sort()
-            for name in sorted(dirs + files):
-                path = os.path.join(directory, name)
-                info = os.lstat(path)
-                rows.append((os.path.relpath(path, self.root), oct(info.st_mode), info.st_size))
-        return rows
+        return [(path, oct(mode), size) for path, mode, size, _mtime in tree_listing(self.root)]
+
+
+def tree_listing(root: t.Union[str, "os.PathLike[str]"]) -> t.List[t.Tuple[str, int, int, int]]:
+    """Every path under root, sorted, with its mode, size and modification time: proof that nothing changed."""
+    rows = []
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            rows.append((os.path.relpath(path, root), info.st_mode, info.st_size, info.st_mtime_ns))
+    return rows
 
 
 TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..")
