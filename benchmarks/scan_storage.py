@@ -31,7 +31,7 @@ import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(HERE)
-TOOL_FILES = ("_storage_scan.py", "_gc_guard.py", "_report_files.py", "_registry_tools_cli.py")
+TOOL_FILES = ("_storage_scan.py", "_gc_guard.py", "_report_files.py", "_cli_arguments.py", "_registry_tools_cli.py")
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

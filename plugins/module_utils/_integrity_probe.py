@@ -31,32 +31,25 @@ import os
 import sys
 import typing as t
 
+from ._cli_arguments import OneLineParser, whole_number
 from ._manifest_walk import BLOB_CHECK_MODES, ManifestCache, ManifestWalker
 from ._registry_client import DEFAULT_RETRY_WINDOW, RegistryClient, RegistryError
 from ._report_files import pushgateway_url_problem, redact_url, write_json_report, write_metrics
-from ._verify_report import DEFAULT_PUSHGATEWAY_JOB, VerifyRun, push_run_metrics, read_previous_run, run_verification
+from ._verify_report import (
+    DEFAULT_PUSHGATEWAY_JOB,
+    VerifyRun,
+    first_per_image,
+    push_run_metrics,
+    read_previous_run,
+    run_verification,
+)
 
-EXIT_OK, EXIT_BROKEN, EXIT_UNVERIFIED, EXIT_BUSY = 0, 1, 2, 3
+EXIT_OK, EXIT_BROKEN, EXIT_UNVERIFIED, EXIT_BUSY = 0, 1, 2, 3  # a bad command line exits 2 too
 DEFAULT_LOCK_FILE = "/run/lock/selfhosted-registry-probe.lock"
 
 
 class ProbeError(Exception):
     """The probe could not start (bad options, unreadable credentials, a lock it cannot take)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> t.NoReturn:
-        self.exit(EXIT_UNVERIFIED, f"ERROR {self.prog}: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
-    return value
 
 
 def _pushgateway_url(text: str) -> str:
@@ -72,18 +65,8 @@ def _job_name(text: str) -> str:
     return text
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is less than 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="registry-probe",
         description="Walk every tag of every repository end to end (index, children, config, layers) and"
                     " write a JSON report and Prometheus textfile metrics.",
@@ -101,12 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only repositories matching this shell pattern (repeatable)")
     parser.add_argument("--blob-check", choices=BLOB_CHECK_MODES, default="head",
                         help="head: headers only; read: the first byte of every blob (default head)")
-    parser.add_argument("--concurrency", type=_positive_int, default=8, help="requests in flight (default 8)")
-    parser.add_argument("--timeout", type=_positive_int, default=30, help="seconds per request (default 30)")
-    parser.add_argument("--retry-window", type=_non_negative_int, default=int(DEFAULT_RETRY_WINDOW), metavar="SECONDS",
+    parser.add_argument("--concurrency", type=whole_number(1), default=8, help="requests in flight (default 8)")
+    parser.add_argument("--timeout", type=whole_number(1), default=30, help="seconds per request (default 30)")
+    parser.add_argument("--retry-window", type=whole_number(0), default=int(DEFAULT_RETRY_WINDOW), metavar="SECONDS",
                         help="keep retrying connection errors, 408, 429 and 5xx this long, so a run rides out a"
                              f" registry restart; 0: no retries (default {int(DEFAULT_RETRY_WINDOW)})")
-    parser.add_argument("--interval", type=_positive_int, metavar="SECONDS",
+    parser.add_argument("--interval", type=whole_number(1), metavar="SECONDS",
                         help="how often the probe is scheduled; exported for the staleness alert")
     parser.add_argument("--manifest-cache", metavar="DIR",
                         help="keep manifest bodies so a later run names the blobs of a child that is gone")
@@ -168,11 +151,7 @@ def summary_lines(run: VerifyRun) -> t.List[str]:
     result = run.result
     lines = []
     for label, findings in (("BROKEN", result.broken), ("UNVERIFIED", result.unverified)):
-        seen: t.Set[str] = set()
-        for finding in findings:
-            if finding.reference in seen:
-                continue
-            seen.add(finding.reference)
+        for finding in first_per_image(findings):
             lines.append(f"{label} image={finding.reference} object={finding.object_type}"
                          f" digest={finding.digest or '-'} status={finding.status or '-'} {finding.message}")
     for error in result.repository_errors:

@@ -2,8 +2,9 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Command line for the registry host: ``scan`` (storage scan) and ``gc`` (guarded garbage-collect).
 
-Standard library only. The registry_vm role installs this file, ``_storage_scan.py``, ``_gc_guard.py``
-and ``_report_files.py`` with an empty ``__init__.py`` as the package ``registry_tools`` and runs::
+Standard library only. The registry_vm role installs this file, ``_storage_scan.py``, ``_gc_guard.py``,
+``_report_files.py`` and ``_cli_arguments.py`` with an empty ``__init__.py`` as the package ``registry_tools``
+and runs::
 
     python3 -m registry_tools._registry_tools_cli scan --storage-root /srv/registry/data \\
         --min-age 3600 --json-report /var/lib/registry-tools/scan.json \\
@@ -30,8 +31,9 @@ import sys
 import time
 import typing as t
 
+from ._cli_arguments import OneLineParser, seconds
 from ._gc_guard import FAILED, GCGuardError, GCOptions, GCOutcome, run_guarded_gc
-from ._report_files import Metric, write_json_report, write_metrics
+from ._report_files import Metric, write_report_files
 from ._storage_scan import (
     DEFAULT_LOCK_FILE,
     DEFAULT_LOCK_WAIT,
@@ -55,11 +57,6 @@ ORPHAN_LAYER_LINK_EXIT = (
 )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> t.NoReturn:  # argparse's own exit code is 2 too; keep one line
-        self.exit(2, f"ERROR {self.prog}: {message}\n")
-
-
 def _command(text: str) -> t.List[str]:
     try:
         words = shlex.split(text)
@@ -70,19 +67,9 @@ def _command(text: str) -> t.List[str]:
     return words
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="registry_tools", description="Registry storage scan and guarded garbage collection.")
-    commands = parser.add_subparsers(dest="command", metavar="{scan,gc}", parser_class=_Parser)
+    parser = OneLineParser(prog="registry_tools", description="Registry storage scan and guarded garbage collection.")
+    commands = parser.add_subparsers(dest="command", metavar="{scan,gc}", parser_class=OneLineParser)
     commands.required = True
 
     scan = commands.add_parser(
@@ -101,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--min-age",
-        type=_non_negative,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="ignore objects changed less than this long ago (pushes in progress)",
@@ -165,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         "without one of the two the collection is refused (a push between dry run and collection could be broken)",
     )
     gc.add_argument("--dry-run", action="store_true", help="only the dry run and the verdict; change nothing")
-    gc.add_argument("--timeout", type=_non_negative, default=3600.0, metavar="SECONDS", help="per command")
+    gc.add_argument("--timeout", type=seconds, default=3600.0, metavar="SECONDS", help="per command")
     gc.add_argument(
         "--gc-timeout",
-        type=_non_negative,
+        type=seconds,
         default=0.0,
         metavar="SECONDS",
         help="how long the collector (dry run or collection) may run before it is stopped and the after command "
@@ -190,7 +177,7 @@ def _lock_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lock-wait",
-        type=_non_negative,
+        type=seconds,
         default=DEFAULT_LOCK_WAIT,
         metavar="SECONDS",
         help="how long to wait for another run to finish before giving up with exit 2 (default: %(default)g)",
@@ -233,15 +220,10 @@ def run_scan(arguments: argparse.Namespace) -> int:
 
 
 def _write_outputs(arguments: argparse.Namespace, report: t.Mapping[str, t.Any], metrics: t.List[Metric]) -> bool:
-    try:
-        if arguments.json_report:
-            write_json_report(arguments.json_report, report)
-        if arguments.metrics_file:
-            write_metrics(arguments.metrics_file, metrics)
-    except OSError as error:
-        _error(f"cannot write {error.filename}: {error.strerror}")
-        return False
-    return True
+    problem = write_report_files(arguments.json_report, report, arguments.metrics_file, metrics)
+    if problem:
+        _error(problem)
+    return problem is None
 
 
 def run_gc(arguments: argparse.Namespace) -> int:
@@ -272,13 +254,7 @@ def run_gc(arguments: argparse.Namespace) -> int:
         _print(line)
     if outcome.status == "error":
         _error(outcome.message)
-    try:
-        if arguments.json_report:
-            write_json_report(arguments.json_report, outcome.as_dict())
-        if arguments.metrics_file:
-            write_metrics(arguments.metrics_file, outcome.metrics())
-    except OSError as error:
-        _error(f"cannot write {error.filename}: {error.strerror}")
+    if not _write_outputs(arguments, outcome.as_dict(), outcome.metrics()):
         return FAILED
     return outcome.exit_code
 

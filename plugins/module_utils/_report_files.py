@@ -105,6 +105,25 @@ def write_metrics(path: str, metrics: t.Iterable[Metric]) -> None:
     write_atomic(path, render_metrics(metrics))
 
 
+def write_report_files(
+    report_path: t.Optional[str], report: t.Mapping[str, t.Any], metrics_path: t.Optional[str],
+    metrics: t.Iterable[Metric],
+) -> t.Optional[str]:
+    """Write the JSON report and the textfile metrics to the paths given (either may be empty).
+
+    None when all went well, else one line naming the file that could not be written: the caller decides
+    whether that fails the run.
+    """
+    try:
+        if report_path:
+            write_json_report(report_path, report)
+        if metrics_path:
+            write_metrics(metrics_path, metrics)
+    except OSError as error:
+        return f"cannot write {error.filename}: {error.strerror}"
+    return None
+
+
 class PushError(Exception):
     """The Pushgateway could not be reached or refused the metrics; the message is one sentence."""
 

@@ -14,7 +14,7 @@ import time
 import typing as t
 
 from ._image_reference import ImageReference
-from ._manifest_walk import OUTCOME_BROKEN, ManifestWalker, WalkError, WalkResult
+from ._manifest_walk import OUTCOME_BROKEN, BrokenObject, ManifestWalker, WalkError, WalkResult
 from ._registry_client import RegistryClient
 from ._report_files import Metric, PushError, push_metrics
 
@@ -64,14 +64,15 @@ def shape_result(result: WalkResult) -> t.Dict[str, t.Any]:
     }
 
 
-def _first_per_image(findings: t.Sequence[t.Any]) -> t.List[str]:
+def first_per_image(findings: t.Sequence[BrokenObject]) -> t.List[BrokenObject]:
+    """The first finding of each image, in order: one image's many missing objects say one thing."""
     seen: t.Set[str] = set()
-    lines = []
+    first = []
     for finding in findings:
         if finding.reference not in seen:
             seen.add(finding.reference)
-            lines.append(finding.message.rstrip("."))
-    return lines
+            first.append(finding)
+    return first
 
 
 def result_message(result: WalkResult) -> str:
@@ -84,7 +85,8 @@ def result_message(result: WalkResult) -> str:
         details = "; ".join(broken.message.rstrip(".") for broken in result.broken)
         parts.append(f"{summary.broken_images} of {summary.images} images are broken: {details}.")
     if result.unverified or result.repository_errors:
-        reasons = _first_per_image(result.unverified) + [error.message.rstrip(".") for error in result.repository_errors]
+        reasons = [finding.message.rstrip(".") for finding in first_per_image(result.unverified)]
+        reasons += [error.message.rstrip(".") for error in result.repository_errors]
         counted = []
         if summary.unverified_images:
             counted.append(f"{summary.unverified_images} images")

@@ -801,13 +801,10 @@ def _recover_lost_trigger(client: WoodpeckerClient, repo: Repo, branch: str, req
     """The trigger reached the server but its answer did not come back: find the pipeline it started."""
     key = request.idempotency_key
     if key:
-        try:
-            found = find_by_idempotency_key(client, repo, branch, key, request.history_pages)
-        except WoodpeckerError:
-            found = None
-        if found is not None:
-            outcome = _outcome(client, repo, client.get_pipeline(repo, found.number), created_new=True)
-            outcome.warnings.append(f"{lost}; it did: pipeline #{found.number} carries idempotency key {key}")
+        outcome = _started_despite_lost_answer(
+            client, repo, lost, lambda: find_by_idempotency_key(client, repo, branch, key, request.history_pages),
+            f"carries idempotency key {key}")
+        if outcome is not None:
             return outcome
         raise WoodpeckerError(
             f"{lost}, and no pipeline with idempotency key {key} is listed yet; run the task again with the same "
@@ -817,6 +814,21 @@ def _recover_lost_trigger(client: WoodpeckerClient, repo: Repo, branch: str, req
         f"{lost}; look at {client.server_url}/repos/{repo.id} before starting another, or run it again with an "
         "idempotency_key so a rerun picks up what a lost answer started instead of starting a second pipeline",
         reason="answer_lost") from lost
+
+
+def _started_despite_lost_answer(client: WoodpeckerClient, repo: Repo, lost: WoodpeckerError,
+                                 find: t.Callable[[], Pipeline | None], found_because: str) -> ActionOutcome | None:
+    """The pipeline a request whose answer was lost started, with a warning saying how it was found; None if none
+    is listed (a failed look counts as none: the caller's error then says what to do)."""
+    try:
+        found = find()
+    except WoodpeckerError:
+        found = None
+    if found is None:
+        return None
+    outcome = _outcome(client, repo, client.get_pipeline(repo, found.number), created_new=True)
+    outcome.warnings.append(f"{lost}; it did: pipeline #{found.number} {found_because}")
+    return outcome
 
 
 def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionRequest) -> ActionOutcome:
@@ -877,13 +889,9 @@ def _restart(client: WoodpeckerClient, repo: Repo, branch: str, request: ActionR
 def _recover_lost_restart(client: WoodpeckerClient, repo: Repo, old: Pipeline, lost: WoodpeckerError
                           ) -> ActionOutcome:
     """The restart reached the server but its answer did not come back: find the pipeline it created."""
-    try:
-        child = client.find_child(repo, old.number)
-    except WoodpeckerError:
-        child = None
-    if child is not None:
-        outcome = _outcome(client, repo, client.get_pipeline(repo, child.number), created_new=True)
-        outcome.warnings.append(f"{lost}; it did: pipeline #{child.number} was restarted from #{old.number}")
+    outcome = _started_despite_lost_answer(client, repo, lost, lambda: client.find_child(repo, old.number),
+                                           f"was restarted from #{old.number}")
+    if outcome is not None:
         return outcome
     raise WoodpeckerError(
         f"{lost}, and no pipeline restarted from #{old.number} is listed yet; run the same restart again: it "

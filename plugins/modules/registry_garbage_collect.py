@@ -292,10 +292,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._gc_guard impo
     GCOptions,
     run_guarded_gc,
 )
-from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import (
-    write_json_report,
-    write_metrics,
-)
+from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import write_report_files
 from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import HostLockError, host_lock
 
 
@@ -348,13 +345,9 @@ def main() -> None:
     result = outcome.as_dict()
     result.pop("check_mode")
     result["warnings_list"] = result.pop("warnings")
-    try:
-        if params["report_path"]:
-            write_json_report(params["report_path"], outcome.as_dict())
-        if params["metrics_path"]:
-            write_metrics(params["metrics_path"], outcome.metrics())
-    except OSError as error:
-        module.fail_json(msg=f"cannot write {error.filename}: {error.strerror}", **result)
+    problem = write_report_files(params["report_path"], outcome.as_dict(), params["metrics_path"], outcome.metrics())
+    if problem:
+        module.fail_json(msg=problem, **result)
     if module._diff:
         result["diff"] = outcome.diff()
     for warning in outcome.warnings:

@@ -208,10 +208,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhosted.registry.plugins.module_utils._host_lock_options import HOST_LOCK_ARGUMENT_SPEC
-from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import (
-    write_json_report,
-    write_metrics,
-)
+from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import write_report_files
 from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import (
     HostLockError,
     ScanError,
@@ -245,23 +242,16 @@ def main() -> None:
             result = scan_storage(params["storage_root"], repositories=params["repositories"], min_age=params["min_age"])
     except (ScanError, HostLockError) as error:
         # The report and metrics still say the scan failed, so monitoring does not keep the last good state.
-        try:
-            if params["report_path"]:
-                write_json_report(params["report_path"], failed_scan_report(params["storage_root"], str(error), started))
-            if params["metrics_path"]:
-                write_metrics(params["metrics_path"], failed_scan_metrics(started))
-        except OSError as write_error:
-            module.warn(f"cannot write {write_error.filename}: {write_error.strerror}")
+        problem = write_report_files(params["report_path"], failed_scan_report(params["storage_root"], str(error), started),
+                                     params["metrics_path"], failed_scan_metrics(started))
+        if problem:
+            module.warn(problem)
         module.fail_json(msg=str(error))
     report = result.as_report()
-    try:
-        # Report files are the scan's output, not a change to the registry, so they are written in check mode too.
-        if params["report_path"]:
-            write_json_report(params["report_path"], report)
-        if params["metrics_path"]:
-            write_metrics(params["metrics_path"], scan_metrics(result))
-    except OSError as error:
-        module.fail_json(msg=f"cannot write {error.filename}: {error.strerror}")
+    # Report files are the scan's output, not a change to the registry, so they are written in check mode too.
+    problem = write_report_files(params["report_path"], report, params["metrics_path"], scan_metrics(result))
+    if problem:
+        module.fail_json(msg=problem)
     output = dict(
         changed=False,
         clean=result.clean,

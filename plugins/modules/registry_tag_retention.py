@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+# The connection options share registry_connection's argument spec but not its doc fragment: this module's
+# client is the standard-library one of _tag_retention (no token auth, no retries, a per-read socket timeout,
+# no requests on the host), so the fragment's text and its requirements line would be wrong here.
 DOCUMENTATION = r"""
 module: registry_tag_retention
 short_description: Delete old tags of a distribution registry without breaking any kept image

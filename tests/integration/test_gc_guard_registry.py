@@ -12,19 +12,9 @@ import subprocess
 from ansible_collections.selfhosted.registry.plugins.module_utils._gc_guard import GCOptions, run_guarded_gc
 from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import scan_storage
 from tests.unit.plugins.module_utils.storage_tree import install_registry_tools
+from tests.unit.plugins.module_utils.storage_tree import tree_listing as listing  # the storage, to prove it unchanged
 
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-
-
-def listing(root) -> list:
-    rows = []
-    for directory, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            path = os.path.join(directory, name)
-            info = os.lstat(path)
-            rows.append((os.path.relpath(path, root), info.st_mode, info.st_size, info.st_mtime_ns))
-    return rows
 
 
 def incident_precondition(registry, pusher):

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 import subprocess
 
 from tests.unit.plugins.module_utils.storage_tree import install_registry_tools
+from tests.unit.plugins.module_utils.storage_tree import tree_listing as listing  # the storage, to prove it unchanged
 
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
-
-
-def listing(root) -> list:
-    rows = []
-    for directory, dirs, files in os.walk(root):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            info = os.lstat(os.path.join(directory, name))
-            rows.append((os.path.relpath(os.path.join(directory, name), root), info.st_size, info.st_mtime_ns))
-    return rows
 
 
 def test_each_tool_refuses_while_another_holds_the_lock(registry, pusher, tmp_path):

@@ -155,3 +155,20 @@ def test_an_unreadable_credentials_file_is_one_sentence(
     assert run.returncode == 2
     assert run.stderr == f"ERROR registry-probe: The credentials file {probe.credentials_path} is not JSON.\n"
     assert run.stdout == "" and run.report is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--concurrency", "0"), "argument --concurrency: '0' is less than 1"),
+        (("--retry-window", "-1"), "argument --retry-window: '-1' is less than 0"),
+        (("--interval", "soon"), "argument --interval: 'soon' is not a whole number"),
+    ],
+)
+def test_a_bad_command_line_is_one_error_line_and_exit_2(
+    registry: RegistryServer, probe_for: t.Callable[[RegistryServer], Probe], extra: t.Tuple[str, ...], message: str
+) -> None:
+    run = probe_for(registry).run(*extra)
+    assert run.returncode == 2
+    assert run.stderr == f"ERROR registry-probe: {message}\n"
+    assert run.stdout == "" and run.report is None

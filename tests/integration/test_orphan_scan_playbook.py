@@ -8,44 +8,18 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
-import subprocess
-
-import yaml
 
 from tests.harness.images import ImagePusher
-from tests.harness.incident import reproduce_incident
+from tests.harness.incident import Incident
 from tests.harness.registry import RegistryServer
-from tests.integration.test_playbooks_support import VENV_BIN, ansible_env, write_inventory
+from tests.integration.test_playbooks_support import run_registry_host_tasks
 
 REGISTRY_BINARY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 
 
-def run_playbook(tmp_path: pathlib.Path, tasks: list, extra: dict) -> subprocess.CompletedProcess:
-    playbook = tmp_path / "playbook.yml"
-    playbook.write_text(
-        yaml.safe_dump([{"name": "Registry host", "hosts": "registry_vm", "gather_facts": False, "tasks": tasks}],
-                       sort_keys=False),
-        encoding="utf-8",
-    )
-    extra_vars = tmp_path / "vars.json"
-    extra_vars.write_text(json.dumps(extra), encoding="utf-8")
-    inventory = write_inventory(tmp_path / "inventory.yml")
-    return subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "--diff", "-i", str(inventory), str(playbook), "-e", f"@{extra_vars}"],
-        env=ansible_env(tmp_path),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
-
 def test_scan_finds_the_incident_and_the_guard_refuses_then_collects(
-    registry: RegistryServer, pusher: ImagePusher, tmp_path: pathlib.Path
+    registry: RegistryServer, pusher: ImagePusher, incident: Incident, tmp_path: pathlib.Path
 ) -> None:
-    incident = reproduce_incident(registry, pusher)
     # Pushed after the incident's own GC: a tagged index whose untagged children --delete-untagged
     # would take, and a blob no manifest references (what a plain GC may take).
     guarded_index = pusher.push_index("guarded", "stable", attestations=False, seed="pb")
@@ -72,11 +46,12 @@ def test_scan_finds_the_incident_and_the_guard_refuses_then_collects(
                        " 'collected': collected, 'again': again} | to_json }}",
             "dest": str(results), "mode": "0600"}},
     ]
-    completed = run_playbook(
+    completed = run_registry_host_tasks(
         tmp_path,
         tasks,
         {"storage_root": str(registry.storage_root), "config_path": str(registry.config_path),
          "report": str(tmp_path / "scan.json")},
+        extra_args=["--diff"],
     )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
     returned = json.loads(results.read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ from tests.harness.incident import Incident, reproduce_incident
 from tests.harness.registry import RegistryServer
 from tests.harness.sshd import SshServer
 from tests.integration.test_playbooks_support import (
+    run_local_playbook,
     run_playbook,
     storage_snapshot,
     write_inventory,
@@ -46,14 +47,10 @@ def _assert_names_missing_children(stdout: str, incident: Incident) -> None:
 
 
 def test_diagnose_fails_on_the_incident_and_names_the_missing_children(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
-
-    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"), tmp_path / "run",
-                       env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
+    run = run_local_playbook("diagnose.yml", tmp_path, _vars(registry, registry_images="infra-ci:latest"),
+                             env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
 
     assert run.returncode != 0, run.explain()
     assert "infra-ci:latest is BROKEN: the tag resolves to " + incident.index.digest in run.stdout, run.explain()
@@ -73,12 +70,11 @@ def test_diagnose_fails_on_the_incident_and_names_the_missing_children(
     assert run.recap("localhost")["failed"] == 1 and run.recap("registry-vm")["failed"] == 0
 
 
-def test_diagnose_passes_on_healthy_images(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
-    _push_healthy(make_pusher(registry))
-    inventory = write_inventory(tmp_path / "inventory.yml")
+def test_diagnose_passes_on_healthy_images(tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher) -> None:
+    _push_healthy(pusher)
 
-    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images=" team/app:v1,\nbase/python:3.12 "),
-                       tmp_path / "run")
+    run = run_local_playbook("diagnose.yml", tmp_path,
+                             _vars(registry, registry_images=" team/app:v1,\nbase/python:3.12 "))
 
     assert run.returncode == 0, run.explain()
     assert "0 of 2 image(s) broken: none" in run.stdout, run.explain()
@@ -88,15 +84,11 @@ def test_diagnose_passes_on_healthy_images(tmp_path: pathlib.Path, registry: Reg
 
 
 def test_diagnose_in_check_mode_gives_the_same_diagnosis(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
     before = storage_snapshot(registry.storage_root)
 
-    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images=["infra-ci:latest"]),
-                       tmp_path / "run", check=True)
+    run = run_local_playbook("diagnose.yml", tmp_path, _vars(registry, registry_images=["infra-ci:latest"]), check=True)
 
     assert run.returncode != 0, run.explain()
     _assert_names_missing_children(run.stdout, incident)
@@ -127,10 +119,8 @@ def test_diagnose_over_ssh_with_credentials_that_never_show(
 
 
 def test_diagnose_without_the_registry_host_still_diagnoses_over_the_api(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
     inventory = write_inventory(tmp_path / "inventory.yml", group="somewhere_else")
 
     run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"), tmp_path / "run")
@@ -141,13 +131,11 @@ def test_diagnose_without_the_registry_host_still_diagnoses_over_the_api(
     assert "storage scan: not run (diagnose_scan_storage is false, or no host in registry_vm)" in run.stdout, run.explain()
 
 
-def test_diagnose_with_the_storage_scan_turned_off(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
-
-    run = run_playbook("diagnose.yml", inventory,
-                       _vars(registry, registry_images="infra-ci:latest", diagnose_scan_storage=False), tmp_path / "run")
+def test_diagnose_with_the_storage_scan_turned_off(
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
+) -> None:
+    run = run_local_playbook("diagnose.yml", tmp_path,
+                             _vars(registry, registry_images="infra-ci:latest", diagnose_scan_storage=False))
 
     assert run.returncode != 0, run.explain()
     _assert_names_missing_children(run.stdout, incident)
@@ -156,14 +144,11 @@ def test_diagnose_with_the_storage_scan_turned_off(tmp_path: pathlib.Path, regis
 
 
 def test_diagnose_reports_a_wrong_storage_root_in_one_line_and_keeps_the_api_diagnosis(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
     extra = _vars(registry, registry_images="infra-ci:latest", registry_storage_root=str(tmp_path / "nowhere"))
 
-    run = run_playbook("diagnose.yml", inventory, extra, tmp_path / "run")
+    run = run_local_playbook("diagnose.yml", tmp_path, extra)
 
     assert run.returncode != 0
     _assert_names_missing_children(run.stdout, incident)
@@ -172,12 +157,11 @@ def test_diagnose_reports_a_wrong_storage_root_in_one_line_and_keeps_the_api_dia
 
 
 def test_diagnose_names_rejected_credentials_in_one_line(tmp_path: pathlib.Path, registry_basic: RegistryServer) -> None:
-    inventory = write_inventory(tmp_path / "inventory.yml")
     wrong = "not-the-password-" + registry_basic.host
     extra = _vars(registry_basic, registry_images="infra-ci:latest", registry_username=registry_basic.username,
                   registry_password=wrong)
 
-    run = run_playbook("diagnose.yml", inventory, extra, tmp_path / "run")
+    run = run_local_playbook("diagnose.yml", tmp_path, extra)
 
     assert run.returncode != 0
     assert "credentials" in run.stdout.lower() or "401" in run.stdout, run.explain()
@@ -188,11 +172,9 @@ def test_diagnose_names_rejected_credentials_in_one_line(tmp_path: pathlib.Path,
 def test_diagnose_names_an_unreachable_registry_in_one_line(tmp_path: pathlib.Path) -> None:
     from tests.harness.registry import free_port
 
-    inventory = write_inventory(tmp_path / "inventory.yml")
     url = f"http://127.0.0.1:{free_port()}"
 
-    run = run_playbook("diagnose.yml", inventory, {"registry_url": url, "registry_images": "infra-ci:latest"},
-                       tmp_path / "run")
+    run = run_local_playbook("diagnose.yml", tmp_path, {"registry_url": url, "registry_images": "infra-ci:latest"})
 
     assert run.returncode != 0
     assert "Could not reach" in run.stdout, run.explain()
@@ -200,9 +182,7 @@ def test_diagnose_names_an_unreachable_registry_in_one_line(tmp_path: pathlib.Pa
 
 
 def test_diagnose_asks_for_its_inputs(tmp_path: pathlib.Path) -> None:
-    inventory = write_inventory(tmp_path / "inventory.yml")
-
-    run = run_playbook("diagnose.yml", inventory, {}, tmp_path / "run")
+    run = run_local_playbook("diagnose.yml", tmp_path, {})
 
     assert run.returncode != 0
     assert "Set registry_url" in run.stdout and "registry_images" in run.stdout, run.explain()
@@ -212,19 +192,15 @@ def test_diagnose_asks_for_its_inputs(tmp_path: pathlib.Path) -> None:
 
 
 def test_verify_catalog_finds_the_broken_tag_among_healthy_ones_and_writes_report_and_metrics(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
     _push_healthy(pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
     report, metrics = tmp_path / "out" / "verify.json", tmp_path / "out" / "registry_verify.prom"
     report.parent.mkdir()
 
-    run = run_playbook(
-        "verify.yml", inventory,
+    run = run_local_playbook(
+        "verify.yml", tmp_path,
         _vars(registry, verify_catalog=True, verify_report_path=str(report), verify_metrics_path=str(metrics)),
-        tmp_path / "run",
     )
 
     assert run.returncode != 0, run.explain()
@@ -241,12 +217,11 @@ def test_verify_catalog_finds_the_broken_tag_among_healthy_ones_and_writes_repor
     assert "registry_verify" in metrics.read_text(encoding="utf-8")
 
 
-def test_verify_list_passes_on_healthy_images(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
-    _push_healthy(make_pusher(registry))
-    inventory = write_inventory(tmp_path / "inventory.yml")
+def test_verify_list_passes_on_healthy_images(tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher) -> None:
+    _push_healthy(pusher)
 
-    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images=list(HEALTHY), registry_blob_check="read"),
-                       tmp_path / "run")
+    run = run_local_playbook("verify.yml", tmp_path,
+                             _vars(registry, registry_images=list(HEALTHY), registry_blob_check="read"))
 
     assert run.returncode == 0, run.explain()
     assert f"{len(HEALTHY)} image(s) checked, 0 broken" in run.stdout, run.explain()
@@ -254,17 +229,14 @@ def test_verify_list_passes_on_healthy_images(tmp_path: pathlib.Path, registry: 
 
 
 def test_verify_from_the_installed_collection_limits_the_catalog_and_only_reports(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
     _push_healthy(pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
 
-    only_team = run_playbook("selfhosted.registry.verify", inventory,
-                             _vars(registry, verify_catalog=True, verify_repositories=["team/*"]), tmp_path / "run1")
-    whole = run_playbook("selfhosted.registry.verify", inventory,
-                         _vars(registry, verify_catalog="true", verify_fail_when_broken=False), tmp_path / "run2")
+    only_team = run_local_playbook("selfhosted.registry.verify", tmp_path,
+                                   _vars(registry, verify_catalog=True, verify_repositories=["team/*"]), "run1")
+    whole = run_local_playbook("selfhosted.registry.verify", tmp_path,
+                               _vars(registry, verify_catalog="true", verify_fail_when_broken=False), "run2")
 
     assert only_team.returncode == 0, only_team.explain()
     assert "2 image(s) checked, 0 broken" in only_team.stdout, only_team.explain()
@@ -273,19 +245,16 @@ def test_verify_from_the_installed_collection_limits_the_catalog_and_only_report
 
 
 def test_verify_limits_platforms_and_treats_a_mirror_as_informational(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
     amd64 = next(child for child in incident.index.children if child.platform == "linux/amd64")
     arm64 = next(child for child in incident.index.children if child.platform == "linux/arm64")
-    inventory = write_inventory(tmp_path / "inventory.yml")
 
-    only_amd64 = run_playbook("verify.yml", inventory,
-                              _vars(registry, registry_images="infra-ci:latest", verify_platforms=["linux/amd64"]),
-                              tmp_path / "run1")
-    mirror = run_playbook("verify.yml", inventory, _vars(registry, registry_images="infra-ci:latest", registry_is_mirror=True),
-                          tmp_path / "run2")
+    only_amd64 = run_local_playbook("verify.yml", tmp_path,
+                                    _vars(registry, registry_images="infra-ci:latest", verify_platforms=["linux/amd64"]),
+                                    "run1")
+    mirror = run_local_playbook("verify.yml", tmp_path,
+                                _vars(registry, registry_images="infra-ci:latest", registry_is_mirror=True), "run2")
 
     assert only_amd64.returncode != 0, only_amd64.explain()
     assert amd64.digest in only_amd64.stdout and arm64.digest not in only_amd64.stdout, only_amd64.explain()
@@ -294,10 +263,7 @@ def test_verify_limits_platforms_and_treats_a_mirror_as_informational(
 
 
 def test_verify_refuses_a_list_and_the_catalog_together(tmp_path: pathlib.Path, registry: RegistryServer) -> None:
-    inventory = write_inventory(tmp_path / "inventory.yml")
-
-    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images="a:1", verify_catalog=True),
-                       tmp_path / "run")
+    run = run_local_playbook("verify.yml", tmp_path, _vars(registry, registry_images="a:1", verify_catalog=True))
 
     assert run.returncode != 0
     assert "either registry_images" in run.stdout and "not both" in run.stdout, run.explain()
@@ -307,14 +273,11 @@ def test_verify_refuses_a_list_and_the_catalog_together(tmp_path: pathlib.Path, 
 
 
 def test_investigate_lists_every_broken_tag_with_its_pipeline_and_deletes_nothing(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident
 ) -> None:
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
     reproduce_incident(registry, pusher, repository="team/builder", tag="stable", seed="builder",
                        variant="tag_dirs_removed")
     _push_healthy(pusher)
-    inventory = write_inventory(tmp_path / "inventory.yml")
     before = storage_snapshot(registry.storage_root)
     report_dir = tmp_path / "reports"
     report_dir.mkdir()
@@ -324,7 +287,7 @@ def test_investigate_lists_every_broken_tag_with_its_pipeline_and_deletes_nothin
         rebuild_pipelines={"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}},
     )
 
-    run = run_playbook("investigate.yml", inventory, extra, tmp_path / "run")
+    run = run_local_playbook("investigate.yml", tmp_path, extra)
 
     assert run.returncode != 0, run.explain()
     assert "infra-ci:latest -> rerun ops/infra-ci@main" in run.stdout, run.explain()
@@ -340,8 +303,10 @@ def test_investigate_lists_every_broken_tag_with_its_pipeline_and_deletes_nothin
     assert json.loads((report_dir / "verify.json").read_text(encoding="utf-8"))["broken"]
 
 
-def test_investigate_on_a_healthy_registry_passes(tmp_path: pathlib.Path, registry: RegistryServer, make_pusher) -> None:
-    _push_healthy(make_pusher(registry))
+def test_investigate_on_a_healthy_registry_passes(
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher
+) -> None:
+    _push_healthy(pusher)
     # No registry_storage_root: the default follows the registry_vm role's variables in the inventory.
     role_layout = {"registry_vm_data_dir": str(registry.storage_root.parent),
                    "registry_vm_private_name": registry.storage_root.name}
@@ -362,10 +327,8 @@ def test_investigate_on_a_healthy_registry_passes(tmp_path: pathlib.Path, regist
 
 
 def test_diagnose_and_investigate_keep_the_api_verdict_when_the_registry_vm_is_unreachable(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, sshd_server: SshServer
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
     inventory = write_inventory(tmp_path / "inventory.yml", registry_vm=sshd_server.inventory_vars())
     sshd_server.stop()  # the VM is down, or SSH to it is
 
@@ -390,20 +353,17 @@ def test_diagnose_and_investigate_keep_the_api_verdict_when_the_registry_vm_is_u
 
 
 def test_after_a_rebuild_the_old_index_is_stale_not_the_incident(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident
 ) -> None:
     from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import scan_metrics, scan_storage
 
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
     before = {m.name: m.value for m in scan_metrics(scan_storage(str(registry.storage_root))) if not m.labels}
     rebuilt = pusher.push_index("infra-ci", "latest", seed="rebuilt after the incident")  # what CI pushes
     assert rebuilt.digest != incident.index.digest
-    inventory = write_inventory(tmp_path / "inventory.yml")
 
-    diagnose = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="infra-ci:latest"),
-                            tmp_path / "diagnose")
-    investigate = run_playbook("investigate.yml", inventory, _vars(registry), tmp_path / "investigate")
+    diagnose = run_local_playbook("diagnose.yml", tmp_path, _vars(registry, registry_images="infra-ci:latest"),
+                                  "diagnose")
+    investigate = run_local_playbook("investigate.yml", tmp_path, _vars(registry), "investigate")
     after = {m.name: m.value for m in scan_metrics(scan_storage(str(registry.storage_root))) if not m.labels}
 
     assert diagnose.returncode == 0, diagnose.explain()
@@ -419,12 +379,11 @@ def test_after_a_rebuild_the_old_index_is_stale_not_the_incident(
 
 
 def test_diagnose_on_a_tag_that_does_not_exist_says_so_and_advises_no_rebuild(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher
 ) -> None:
-    _push_healthy(make_pusher(registry))
-    inventory = write_inventory(tmp_path / "inventory.yml")
+    _push_healthy(pusher)
 
-    run = run_playbook("diagnose.yml", inventory, _vars(registry, registry_images="team/app:v9"), tmp_path / "run")
+    run = run_local_playbook("diagnose.yml", tmp_path, _vars(registry, registry_images="team/app:v9"))
 
     assert run.returncode != 0, run.explain()
     assert "does not exist in the registry (the tag answers 404 and storage has no link for it), check the name: " \
@@ -435,7 +394,7 @@ def test_diagnose_on_a_tag_that_does_not_exist_says_so_and_advises_no_rebuild(
 
 
 def test_the_readme_install_works_offline_and_a_checkout_runs_its_playbooks(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher
 ) -> None:
     """playbooks/README.md: build, install offline with community.docker already there, run from the checkout."""
     import shutil
@@ -443,7 +402,7 @@ def test_the_readme_install_works_offline_and_a_checkout_runs_its_playbooks(
 
     from tests.integration.test_playbooks_support import COLLECTIONS, REPO_ROOT, VENV_BIN, ansible_env
 
-    _push_healthy(make_pusher(registry))
+    _push_healthy(pusher)
     collections = tmp_path / "home" / ".ansible" / "collections"
     shutil.copytree(COLLECTIONS / "ansible_collections" / "community" / "docker",
                     collections / "ansible_collections" / "community" / "docker")
@@ -457,10 +416,9 @@ def test_the_readme_install_works_offline_and_a_checkout_runs_its_playbooks(
                                 "-p", str(collections)], env=env, capture_output=True, text=True, timeout=300,
                                check=False)
     assert installed.returncode == 0, installed.stdout + installed.stderr
-    inventory = write_inventory(tmp_path / "inventory.yml")
 
-    run = run_playbook("verify.yml", inventory, _vars(registry, registry_images=list(HEALTHY)), tmp_path / "run",
-                       env={"HOME": str(tmp_path / "home"), "ANSIBLE_COLLECTIONS_PATH": str(collections)})
+    run = run_local_playbook("verify.yml", tmp_path, _vars(registry, registry_images=list(HEALTHY)),
+                             env={"HOME": str(tmp_path / "home"), "ANSIBLE_COLLECTIONS_PATH": str(collections)})
 
     assert run.returncode == 0, run.explain()
     assert f"{len(HEALTHY)} image(s) checked, 0 broken" in run.stdout, run.explain()

@@ -15,11 +15,13 @@ import threading
 import time
 import typing as t
 
+import pytest
+
 from tests.harness.images import ImagePusher, make_layer
-from tests.harness.incident import reproduce_incident
+from tests.harness.incident import Incident
 from tests.harness.registry import RegistryServer
 from tests.harness.woodpecker_server import FakeWoodpecker
-from tests.integration.test_playbooks_support import run_playbook, write_inventory
+from tests.integration.test_playbooks_support import PlaybookRun, run_local_playbook
 
 # A hang guard for the pipeline thread, not an assertion on time.
 PIPELINE_GUARD_SECONDS = 300
@@ -57,14 +59,38 @@ class PlayedPipeline(threading.Thread):
         except BaseException as error:  # reported by the test
             self.error = error
 
+    def __enter__(self) -> PlayedPipeline:
+        self.start()
+        return self
 
-def _woodpecker(token: str) -> tuple[FakeWoodpecker, int]:
-    fake = FakeWoodpecker().start()
-    fake.add_user(token)
-    repo_id = fake.add_repo("ops", "infra-ci", push=[token])
+    def __exit__(self, *exc: object) -> None:
+        self.join(timeout=PIPELINE_GUARD_SECONDS)
+
+
+class CI(t.NamedTuple):
+    """The Woodpecker stand-in with ops/infra-ci, whose pipeline this test plays, and a token that may push."""
+
+    fake: FakeWoodpecker
+    repo_id: int
+    token: str
+
+
+@pytest.fixture
+def ci(fake_woodpecker: FakeWoodpecker) -> CI:
+    token = secrets.token_urlsafe(24)
+    fake_woodpecker.add_user(token)
+    repo_id = fake_woodpecker.add_repo("ops", "infra-ci", push=[token])
     # Started, then running for as long as the test thread wants: the thread decides when it ends.
-    fake.plan(repo_id, ["pending", "running"], logs={"push-image": ["pushing infra-ci:latest", "unauthorized: push refused"]})
-    return fake, repo_id
+    fake_woodpecker.plan(repo_id, ["pending", "running"],
+                         logs={"push-image": ["pushing infra-ci:latest", "unauthorized: push refused"]})
+    return CI(fake_woodpecker, repo_id, token)
+
+
+def _rebuild(tmp_path: pathlib.Path, extra: dict[str, t.Any], token: str | None, workdir: str = "run",
+             **options: t.Any) -> PlaybookRun:
+    """rebuild_ci.yml with the token in WOODPECKER_TOKEN (None: the caller passes it another way)."""
+    env = {"WOODPECKER_TOKEN": token} if token else None
+    return run_local_playbook("rebuild_ci.yml", tmp_path, extra, workdir, env=env, **options)
 
 
 def _extra_vars(registry: RegistryServer, fake: FakeWoodpecker, **more: t.Any) -> dict[str, t.Any]:
@@ -95,24 +121,15 @@ def _ci_push(registry: RegistryServer) -> t.Callable[[], None]:
 
 
 def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident, ci: CI
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
+    fake, repo_id, token = ci
     # A consumer whose pipeline failed because it could not pull infra-ci:latest: re-run once the image verifies.
     app_repo = fake.add_repo("team", "app", push=[token])
     app_failed = fake.add_pipeline(app_repo, status="failure")
-    pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry))
-    pipeline.start()
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        extra = _extra_vars(registry, fake, rebuild_rerun_pipelines=[{"repo": "team/app", "pipeline": app_failed}])
-        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
-        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
+    extra = _extra_vars(registry, fake, rebuild_rerun_pipelines=[{"repo": "team/app", "pipeline": app_failed}])
+    with PlayedPipeline(fake, repo_id, _ci_push(registry)) as pipeline:
+        run = _rebuild(tmp_path, extra, token)
 
     assert pipeline.error is None, pipeline.error
     assert run.returncode == 0, run.explain()
@@ -132,16 +149,13 @@ def test_rebuild_ci_triggers_waits_and_verifies_the_rebuilt_image(
 
 
 def test_rebuild_ci_starts_a_shared_pipeline_once_and_all_pipelines_before_waiting(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident, ci: CI
 ) -> None:
     """infra-ci:latest and infra-ci:latest-base map to one pipeline; base/python:3.12 to another. The
     infra-ci pipeline only finishes once the base-images pipeline has been started: a playbook that waited
     for one pipeline before starting the next would never see it finish."""
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
     pusher.push_index("base/python", "3.12", seed="python")
-    token = secrets.token_urlsafe(24)
-    fake, ci_repo = _woodpecker(token)
+    fake, ci_repo, token = ci
     base_repo = fake.add_repo("ops", "base-images", push=[token])
     fake.plan(base_repo, ["pending", "running", "success"])
 
@@ -153,23 +167,17 @@ def test_rebuild_ci_starts_a_shared_pipeline_once_and_all_pipelines_before_waiti
             time.sleep(0.05)
         _ci_push(registry)()
 
-    pipeline = PlayedPipeline(fake, ci_repo, push_after_base_started)
-    pipeline.start()
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        extra = _extra_vars(
-            registry, fake,
-            registry_images="infra-ci:latest infra-ci:latest-base base/python:3.12",
-            rebuild_pipelines={
-                "infra-ci": {"repo": "ops/infra-ci", "branch": "main"},
-                "base/python:3.12": {"repo": "ops/base-images", "variables": {"IMAGE": "python"}},
-            },
-            rebuild_wait_timeout=180,
-        )
-        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
-        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
+    extra = _extra_vars(
+        registry, fake,
+        registry_images="infra-ci:latest infra-ci:latest-base base/python:3.12",
+        rebuild_pipelines={
+            "infra-ci": {"repo": "ops/infra-ci", "branch": "main"},
+            "base/python:3.12": {"repo": "ops/base-images", "variables": {"IMAGE": "python"}},
+        },
+        rebuild_wait_timeout=180,
+    )
+    with PlayedPipeline(fake, ci_repo, push_after_base_started) as pipeline:
+        run = _rebuild(tmp_path, extra, token)
 
     assert pipeline.error is None, pipeline.error
     assert run.returncode == 0, run.explain()
@@ -180,24 +188,12 @@ def test_rebuild_ci_starts_a_shared_pipeline_once_and_all_pipelines_before_waiti
 
 
 def test_rebuild_ci_restarts_the_newest_failed_pipeline(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, ci: CI
 ) -> None:
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
+    fake, repo_id, token = ci
     failed = fake.add_pipeline(repo_id, status="failure", branch="main")  # the pipeline that hit the 404
-    pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry), after=failed)
-    pipeline.start()
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        run = run_playbook(
-            "rebuild_ci.yml", inventory, _extra_vars(registry, fake, rebuild_action="restart"), tmp_path / "run",
-            env={"WOODPECKER_TOKEN": token},
-        )
-        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
+    with PlayedPipeline(fake, repo_id, _ci_push(registry), after=failed) as pipeline:
+        run = _rebuild(tmp_path, _extra_vars(registry, fake, rebuild_action="restart"), token)
 
     assert pipeline.error is None, pipeline.error
     assert run.returncode == 0, run.explain()
@@ -208,24 +204,12 @@ def test_rebuild_ci_restarts_the_newest_failed_pipeline(
 
 
 def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, ci: CI
 ) -> None:
-    pusher = make_pusher(registry)
-    incident = reproduce_incident(registry, pusher)
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
-    pipeline = PlayedPipeline(fake, repo_id, lambda: None, final_status="failure")
-    pipeline.start()
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
+    fake, repo_id, token = ci
+    with PlayedPipeline(fake, repo_id, lambda: None, final_status="failure") as pipeline:
         # The token as an extra var this time (a vault value), and -v to show every task result.
-        run = run_playbook(
-            "rebuild_ci.yml", inventory, _extra_vars(registry, fake, woodpecker_token=token), tmp_path / "run",
-            extra_args=["-v"],
-        )
-        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
+        run = _rebuild(tmp_path, _extra_vars(registry, fake, woodpecker_token=token), None, extra_args=["-v"])
 
     assert pipeline.error is None, pipeline.error
     assert run.returncode != 0
@@ -241,20 +225,10 @@ def test_rebuild_ci_reports_a_failed_pipeline_and_the_image_still_broken(
 
 
 def test_rebuild_ci_check_mode_sends_nothing_to_woodpecker(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, ci: CI
 ) -> None:
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        run = run_playbook(
-            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run",
-            check=True, env={"WOODPECKER_TOKEN": token},
-        )
-    finally:
-        fake.stop()
+    fake, _repo_id, token = ci
+    run = _rebuild(tmp_path, _extra_vars(registry, fake), token, check=True)
 
     assert run.returncode == 0, run.explain()
     assert fake.api_requests() == []
@@ -262,18 +236,9 @@ def test_rebuild_ci_check_mode_sends_nothing_to_woodpecker(
     assert "(check mode: nothing was rebuilt)" in run.stdout, run.explain()
 
 
-def test_rebuild_ci_refuses_an_image_without_a_pipeline(tmp_path: pathlib.Path, registry: RegistryServer) -> None:
-    token = secrets.token_urlsafe(24)
-    fake, _repo_id = _woodpecker(token)
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        run = run_playbook(
-            "rebuild_ci.yml", inventory,
-            _extra_vars(registry, fake, registry_images=["infra-ci:latest", "base/python:3.12"]),
-            tmp_path / "run", env={"WOODPECKER_TOKEN": token},
-        )
-    finally:
-        fake.stop()
+def test_rebuild_ci_refuses_an_image_without_a_pipeline(tmp_path: pathlib.Path, registry: RegistryServer, ci: CI) -> None:
+    fake, _repo_id, token = ci
+    run = _rebuild(tmp_path, _extra_vars(registry, fake, registry_images=["infra-ci:latest", "base/python:3.12"]), token)
 
     assert run.returncode != 0
     assert "No pipeline in rebuild_pipelines for: base/python:3.12." in run.stdout, run.explain()
@@ -281,12 +246,11 @@ def test_rebuild_ci_refuses_an_image_without_a_pipeline(tmp_path: pathlib.Path, 
 
 
 def test_rebuild_ci_with_the_cache_lie_fails_until_the_registry_is_restarted(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, ci: CI
 ) -> None:
     """GC on a running registry: the CI push skips layers the blob cache pretends to hold. The playbook's
     read check catches it; with rebuild_restart_command the registry is restarted first and the same
     rebuild passes."""
-    pusher = make_pusher(registry)
     base = make_layer("infra-ci||shared base layer\n")
     pusher.push_image("infra-ci", "latest-base", layers=[base])
     index = pusher.push_index("infra-ci", "latest", shared_layers=[base])
@@ -294,52 +258,37 @@ def test_rebuild_ci_with_the_cache_lie_fails_until_the_registry_is_restarted(
     assert result.returncode == 0, result.stderr
     assert not pusher.manifest_exists("infra-ci", index.children[0].digest)
 
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
-    inventory = write_inventory(tmp_path / "inventory.yml")
-    try:
-        first = PlayedPipeline(fake, repo_id, _ci_push(registry))
-        first.start()
-        lied = run_playbook(
-            "rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run1", env={"WOODPECKER_TOKEN": token}
-        )
-        first.join(timeout=PIPELINE_GUARD_SECONDS)
-        assert first.error is None, first.error
-        assert lied.returncode != 0, lied.explain()
-        assert f"Woodpecker pipeline ops/infra-ci#{first.number}, status success" in lied.stdout, lied.explain()
-        assert "rebuild_restart_command is not set" in lied.stdout
-        assert "Still broken: infra-ci:latest." in lied.stdout, lied.explain()
+    fake, repo_id, token = ci
+    with PlayedPipeline(fake, repo_id, _ci_push(registry)) as first:
+        lied = _rebuild(tmp_path, _extra_vars(registry, fake), token, "run1")
+    assert first.error is None, first.error
+    assert lied.returncode != 0, lied.explain()
+    assert f"Woodpecker pipeline ops/infra-ci#{first.number}, status success" in lied.stdout, lied.explain()
+    assert "rebuild_restart_command is not set" in lied.stdout
+    assert "Still broken: infra-ci:latest." in lied.stdout, lied.explain()
 
-        # The remedy: the playbook restarts the registry (the command asks this test, which owns the process).
-        request, done = tmp_path / "restart-requested", tmp_path / "restart-done"
-        restart_script = tmp_path / "restart-registry.sh"
-        restart_script.write_text(
-            f"#!/bin/sh\ntouch {request}\nwhile [ ! -e {done} ]; do sleep 0.1; done\necho registry restarted\n",
-            encoding="utf-8",
-        )
-        restart_script.chmod(0o755)
+    # The remedy: the playbook restarts the registry (the command asks this test, which owns the process).
+    request, done = tmp_path / "restart-requested", tmp_path / "restart-done"
+    restart_script = tmp_path / "restart-registry.sh"
+    restart_script.write_text(
+        f"#!/bin/sh\ntouch {request}\nwhile [ ! -e {done} ]; do sleep 0.1; done\necho registry restarted\n",
+        encoding="utf-8",
+    )
+    restart_script.chmod(0o755)
 
-        def restart_on_request() -> None:
-            deadline = time.monotonic() + PIPELINE_GUARD_SECONDS
-            while not request.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            registry.restart()
-            done.touch()
+    def restart_on_request() -> None:
+        deadline = time.monotonic() + PIPELINE_GUARD_SECONDS
+        while not request.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        registry.restart()
+        done.touch()
 
-        restarter = threading.Thread(target=restart_on_request, daemon=True)
-        restarter.start()
-        fake.plan(repo_id, ["pending", "running"])
-        second = PlayedPipeline(fake, repo_id, _ci_push(registry), after=first.number or 0)
-        second.start()
-        fixed = run_playbook(
-            "rebuild_ci.yml", inventory,
-            _extra_vars(registry, fake, rebuild_restart_command=str(restart_script)),
-            tmp_path / "run2", env={"WOODPECKER_TOKEN": token},
-        )
-        second.join(timeout=PIPELINE_GUARD_SECONDS)
-        restarter.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
+    restarter = threading.Thread(target=restart_on_request, daemon=True)
+    restarter.start()
+    fake.plan(repo_id, ["pending", "running"])
+    with PlayedPipeline(fake, repo_id, _ci_push(registry), after=first.number or 0) as second:
+        fixed = _rebuild(tmp_path, _extra_vars(registry, fake, rebuild_restart_command=str(restart_script)), token, "run2")
+    restarter.join(timeout=PIPELINE_GUARD_SECONDS)
 
     assert second.error is None, second.error
     assert fixed.returncode == 0, fixed.explain()
@@ -348,27 +297,17 @@ def test_rebuild_ci_with_the_cache_lie_fails_until_the_registry_is_restarted(
 
 
 def test_rebuild_ci_says_to_build_on_the_host_when_ci_cannot_pull_its_own_image(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, ci: CI
 ) -> None:
     """The pipeline's step runs in infra-ci:latest, the broken image: it ends in error before any command."""
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
+    fake, repo_id, token = ci
     pull_error = f"Error response from daemon: manifest for {registry.host}/infra-ci:latest not found: manifest unknown"
 
     def ci_cannot_start() -> None:
         fake.advance(repo_id, 1, "error", failing_step="clone", step_error=pull_error)
 
-    pipeline = PlayedPipeline(fake, repo_id, ci_cannot_start, final_status="error")
-    pipeline.start()
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        run = run_playbook("rebuild_ci.yml", inventory, _extra_vars(registry, fake), tmp_path / "run",
-                           env={"WOODPECKER_TOKEN": token})
-        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
+    with PlayedPipeline(fake, repo_id, ci_cannot_start, final_status="error") as pipeline:
+        run = _rebuild(tmp_path, _extra_vars(registry, fake), token)
 
     assert pipeline.error is None, pipeline.error
     assert run.returncode != 0
@@ -380,32 +319,25 @@ def test_rebuild_ci_says_to_build_on_the_host_when_ci_cannot_pull_its_own_image(
 
 
 def test_rebuild_ci_reports_a_pipeline_that_never_started_and_a_fallback_trigger(
-    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher, incident: Incident, ci: CI
 ) -> None:
-    pusher = make_pusher(registry)
-    reproduce_incident(registry, pusher)
     pusher.push_index("base/python", "3.12", seed="python")
-    token = secrets.token_urlsafe(24)
-    fake, ci_repo = _woodpecker(token)
+    fake, ci_repo, token = ci
     # infra-ci's last pipeline errored before its configuration was stored: its restart falls back to a trigger.
     lost = fake.add_pipeline(ci_repo, status="error", event="manual", config_stored=False)
     fake.repos[ci_repo].plans = []
     fake.plan(ci_repo, ["pending", "success"])
     base_repo = fake.add_repo("ops", "base-images", push=[token])
     fake.repos[base_repo].manual_config = "filtered"  # no workflow runs on a manual event
-    try:
-        inventory = write_inventory(tmp_path / "inventory.yml")
-        extra = _extra_vars(
-            registry, fake,
-            registry_images="infra-ci:latest base/python:3.12",
-            rebuild_pipelines={
-                "infra-ci": {"repo": "ops/infra-ci", "branch": "main", "action": "restart"},
-                "base/python": {"repo": "ops/base-images"},
-            },
-        )
-        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
-    finally:
-        fake.stop()
+    extra = _extra_vars(
+        registry, fake,
+        registry_images="infra-ci:latest base/python:3.12",
+        rebuild_pipelines={
+            "infra-ci": {"repo": "ops/infra-ci", "branch": "main", "action": "restart"},
+            "base/python": {"repo": "ops/base-images"},
+        },
+    )
+    run = _rebuild(tmp_path, extra, token)
 
     assert run.returncode != 0
     assert f"Started Woodpecker pipeline ops/infra-ci#{lost + 2} (manual on main) in place of restarting #{lost}, " \

@@ -128,6 +128,30 @@ def run_playbook(
     return PlaybookRun(command, result.returncode, result.stdout, result.stderr)
 
 
+def run_local_playbook(
+    playbook: str, tmp_path: pathlib.Path, extra_vars: dict[str, t.Any], workdir: str = "run", **options: t.Any
+) -> PlaybookRun:
+    """run_playbook with the default inventory (the registry VM is this machine, local connection), written
+    to ``tmp_path/inventory.yml``, in the work directory ``tmp_path/workdir``."""
+    inventory = write_inventory(tmp_path / "inventory.yml")
+    return run_playbook(playbook, inventory, extra_vars, tmp_path / workdir, **options)
+
+
+def run_registry_host_tasks(
+    tmp_path: pathlib.Path, tasks: list[dict[str, t.Any]], extra_vars: dict[str, t.Any], *,
+    play: str = "Registry host", extra_args: t.Sequence[str] = (),
+) -> PlaybookRun:
+    """One play of ``tasks`` on the registry_vm host (this machine with its system Python, as a registry host
+    has), written to ``tmp_path/playbook.yml`` and run there with the default inventory."""
+    playbook = tmp_path / "playbook.yml"
+    playbook.write_text(
+        yaml.safe_dump([{"name": play, "hosts": "registry_vm", "gather_facts": False, "tasks": tasks}], sort_keys=False),
+        encoding="utf-8",
+    )
+    return run_playbook(str(playbook), write_inventory(tmp_path / "inventory.yml"), extra_vars, tmp_path,
+                        extra_args=extra_args)
+
+
 def storage_snapshot(root: pathlib.Path) -> dict[str, tuple[str, int]]:
     """Every path under a storage root with its kind and size: proof that nothing was deleted or moved."""
     snapshot: dict[str, tuple[str, int]] = {}

@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import time
 import typing as t
 
-import yaml
-
 from tests.harness.images import ImagePusher
 from tests.harness.registry import RegistryServer
-from tests.integration.test_playbooks_support import VENV_BIN, ansible_env, write_inventory
+from tests.integration.test_playbooks_support import run_registry_host_tasks
 
 DAY = 86400.0
 
@@ -60,55 +57,26 @@ def test_module_on_the_registry_host_check_mode_diff_then_apply_without_leaking_
         set_age(registry_basic, "infra-ci", f"build-{number}", 20 - number)
 
     results = tmp_path / "results.json"
-    playbook = tmp_path / "retention.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "name": "Tag retention on the registry host",
-                    "hosts": "registry_vm",
-                    "gather_facts": False,
-                    "tasks": [
-                        _retention_task("Plan", "planned", check_mode=True, diff=True),
-                        _retention_task("Apply", "applied", diff=True),
-                        {
-                            "name": "Keep what the tasks returned",
-                            "ansible.builtin.copy": {
-                                "content": "{{ {'planned': planned, 'applied': applied} | to_json }}",
-                                "dest": str(results),
-                                "mode": "0600",
-                            },
-                        },
-                    ],
-                }
-            ],
-            sort_keys=False,
-        ),
-        encoding="utf-8",
-    )
-    extra_vars = tmp_path / "vars.json"
-    extra_vars.write_text(
-        json.dumps(
-            {
-                "storage_root": str(registry_basic.storage_root),
-                "registry_url": registry_basic.url,
-                "registry_user": registry_basic.username,
-                "registry_password": registry_basic.password,
-            }
-        ),
-        encoding="utf-8",
-    )
-    inventory = write_inventory(tmp_path / "inventory.yml")
-    completed = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "-vvv", "-i", str(inventory), str(playbook), "-e", f"@{extra_vars}"],
-        env=ansible_env(tmp_path),
-        cwd=str(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    tasks = [
+        _retention_task("Plan", "planned", check_mode=True, diff=True),
+        _retention_task("Apply", "applied", diff=True),
+        {
+            "name": "Keep what the tasks returned",
+            "ansible.builtin.copy": {
+                "content": "{{ {'planned': planned, 'applied': applied} | to_json }}",
+                "dest": str(results),
+                "mode": "0600",
+            },
+        },
+    ]
+    extra = {
+        "storage_root": str(registry_basic.storage_root),
+        "registry_url": registry_basic.url,
+        "registry_user": registry_basic.username,
+        "registry_password": registry_basic.password,
+    }
+    completed = run_registry_host_tasks(tmp_path, tasks, extra, play="Tag retention on the registry host",
+                                        extra_args=["-vvv"])
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-6000:]
     assert str(registry_basic.password) not in output

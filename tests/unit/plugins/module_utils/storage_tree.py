@@ -13,6 +13,8 @@ import json
 import os
 import typing as t
 
+import yaml
+
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -180,21 +182,26 @@ class StorageTree:
 
     def listing(self) -> t.List[t.Tuple[str, str, int]]:
         """Every path under the tree with its type and size, to prove nothing changed."""
-        rows = []
-        for directory, dirs, files in os.walk(self.root):
-            dirs.sort()
-            for name in sorted(dirs + files):
-                path = os.path.join(directory, name)
-                info = os.lstat(path)
-                rows.append((os.path.relpath(path, self.root), oct(info.st_mode), info.st_size))
-        return rows
+        return [(path, oct(mode), size) for path, mode, size, _mtime in tree_listing(self.root)]
 
 
-# The files the registry_vm role installs (registry_vm_tools_files).
-TOOL_FILES = ("_storage_scan.py", "_gc_guard.py", "_report_files.py", "_registry_tools_cli.py", "_tag_retention.py")
-MODULE_UTILS = os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "plugins", "module_utils"
-)
+def tree_listing(root: t.Union[str, "os.PathLike[str]"]) -> t.List[t.Tuple[str, int, int, int]]:
+    """Every path under root, sorted, with its mode, size and modification time: proof that nothing changed."""
+    rows = []
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(dirs + files):
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            rows.append((os.path.relpath(path, root), info.st_mode, info.st_size, info.st_mtime_ns))
+    return rows
+
+
+TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..")
+MODULE_UTILS = os.path.join(TOP, "plugins", "module_utils")
+# The files the registry_vm role installs, read from the role: a file it forgets fails the installed-package tests.
+with open(os.path.join(TOP, "roles", "registry_vm", "defaults", "main.yml"), encoding="utf-8") as _defaults:
+    TOOL_FILES = tuple(yaml.safe_load(_defaults)["registry_vm_tools_files"])
 
 
 def install_registry_tools(destination: str) -> str:

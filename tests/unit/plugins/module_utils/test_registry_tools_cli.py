@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The host command line, run exactly as the registry_vm role installs it.
 
-The four stdlib files are copied into a package ``registry_tools`` with an empty ``__init__.py`` and run
+The stdlib files the role lists are copied into a package ``registry_tools`` with an empty ``__init__.py`` and run
 with the system ``python3 -m registry_tools._registry_tools_cli``, outside the collection's import path.
 """
 

@@ -15,6 +15,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._report_files 
     render_metrics,
     write_json_report,
     write_metrics,
+    write_report_files,
 )
 
 
@@ -101,3 +102,19 @@ def test_a_failed_write_names_the_file_asked_for(tmp_path, monkeypatch, failure)
         write_json_report(str(target), {"ok": True})
     assert caught.value.filename == str(target)
     assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_report_files_are_written_where_a_path_is_given(tmp_path):
+    metrics = [Metric("registry_storage_clean", "1 when clean.", "gauge", 1)]
+    report, prom = tmp_path / "r.json", tmp_path / "m.prom"
+    assert write_report_files(str(report), {"clean": True}, str(prom), metrics) is None
+    assert json.loads(report.read_text()) == {"clean": True}
+    assert prom.read_text() == render_metrics(metrics)
+    assert write_report_files(None, {"clean": True}, "", metrics) is None
+    assert sorted(os.listdir(tmp_path)) == ["m.prom", "r.json"]
+
+
+def test_a_report_file_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    missing = tmp_path / "missing" / "r.json"
+    problem = write_report_files(str(missing), {}, None, [])
+    assert problem is not None and problem.startswith(f"cannot write {missing}") and "\n" not in problem

@@ -20,6 +20,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._verify_report
     NO_PREVIOUS_RUN,
     PreviousRun,
     carried_state,
+    first_per_image,
     read_previous_run,
     result_message,
     shape_result,
@@ -76,6 +77,11 @@ def test_the_message_keeps_broken_and_unverified_apart() -> None:
         "1 of 2 images are broken: a:1: child manifest sha256:aa answered 404 MANIFEST_UNKNOWN. "
         "Could not verify 1 images and 1 repositories (the registry did not answer for them or refused the credentials, which is not damage):"
         " b:1: manifest answered 429 TOOMANYREQUESTS; The tag list of c of r:5000 answered 404.")
+
+
+def test_first_per_image_keeps_the_first_finding_of_each_image_in_order() -> None:
+    findings = [finding("a:1", 404, "first."), finding("b:1", 503, "only."), finding("a:1", 404, "second.")]
+    assert first_per_image(findings) == findings[:2]
 
 
 def test_metrics_pass_promtool_and_bound_the_per_image_series(tmp_path: pathlib.Path) -> None:

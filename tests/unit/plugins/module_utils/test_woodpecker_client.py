@@ -55,6 +55,9 @@ class FakeClock:
         self.now += seconds
 
 
+MakeFake = t.Callable[..., t.Tuple[FakeWoodpecker, int]]
+
+
 def start_fake(api_version: int = 3, **kwargs: t.Any) -> tuple[FakeWoodpecker, int]:
     server = FakeWoodpecker(api_version=api_version, **kwargs).start()
     for token in (TOKEN, PULL_ONLY, STRANGER):
@@ -64,18 +67,29 @@ def start_fake(api_version: int = 3, **kwargs: t.Any) -> tuple[FakeWoodpecker, i
     return server, repo_id
 
 
+@pytest.fixture
+def make_fake() -> t.Iterator[MakeFake]:
+    """``make_fake(api_version=3, **options)``: start_fake, with every server stopped at teardown."""
+    started: list[FakeWoodpecker] = []
+
+    def factory(api_version: int = 3, **kwargs: t.Any) -> tuple[FakeWoodpecker, int]:
+        server, repo_id = start_fake(api_version, **kwargs)
+        started.append(server)
+        return server, repo_id
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture(params=[1, 2, 3], ids=["v1", "v2", "v3"])
-def any_version(request: pytest.FixtureRequest) -> t.Iterator[tuple[FakeWoodpecker, int]]:
-    server, repo_id = start_fake(request.param)
-    yield server, repo_id
-    server.stop()
+def any_version(request: pytest.FixtureRequest, make_fake: MakeFake) -> tuple[FakeWoodpecker, int]:
+    return make_fake(request.param)
 
 
 @pytest.fixture
-def fake() -> t.Iterator[tuple[FakeWoodpecker, int]]:
-    server, repo_id = start_fake(3)
-    yield server, repo_id
-    server.stop()
+def fake(make_fake: MakeFake) -> tuple[FakeWoodpecker, int]:
+    return make_fake(3)
 
 
 def client_for(server: FakeWoodpecker, token: str = TOKEN, **kwargs: t.Any) -> WoodpeckerClient:
@@ -156,41 +170,32 @@ def test_malformed_json_is_a_sentence(fake: tuple[FakeWoodpecker, int]) -> None:
     assert str(caught.value) == "Woodpecker repository acme/app: the server answered with malformed JSON"
 
 
-def test_pre_1_0_server_is_named_out_of_scope() -> None:
-    server = start_fake(api_version=0)[0]
-    try:
-        client = client_for(server)
-        with pytest.raises(WoodpeckerError) as caught:
-            client.lookup_repo("acme/app")
-        assert str(caught.value) == (f"Woodpecker at {server.url} runs version 0.15.11, older than 1.0 (owner/name "
-                                     "paths and 'builds'); such servers are not supported, upgrade the server to 1.0 "
-                                     "or later")
-        with pytest.raises(WoodpeckerError) as by_id:
-            client.get_repo(7)
-        assert by_id.value.reason == "unsupported_version"
-    finally:
-        server.stop()
+def test_pre_1_0_server_is_named_out_of_scope(make_fake: MakeFake) -> None:
+    server = make_fake(api_version=0)[0]
+    client = client_for(server)
+    with pytest.raises(WoodpeckerError) as caught:
+        client.lookup_repo("acme/app")
+    assert str(caught.value) == (f"Woodpecker at {server.url} runs version 0.15.11, older than 1.0 (owner/name "
+                                 "paths and 'builds'); such servers are not supported, upgrade the server to 1.0 "
+                                 "or later")
+    with pytest.raises(WoodpeckerError) as by_id:
+        client.get_repo(7)
+    assert by_id.value.reason == "unsupported_version"
 
 
-def test_pre_1_0_development_build_is_recognised_by_its_routes() -> None:
-    server = start_fake(api_version=0, version="next-8f2a1c")[0]
-    try:
-        with pytest.raises(WoodpeckerError) as caught:
-            client_for(server).lookup_repo("acme/app")
-        assert caught.value.reason == "unsupported_version" and "runs version next-8f2a1c, older than 1.0" \
-            in str(caught.value)
-    finally:
-        server.stop()
+def test_pre_1_0_development_build_is_recognised_by_its_routes(make_fake: MakeFake) -> None:
+    server = make_fake(api_version=0, version="next-8f2a1c")[0]
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).lookup_repo("acme/app")
+    assert caught.value.reason == "unsupported_version" and "runs version next-8f2a1c, older than 1.0" \
+        in str(caught.value)
 
 
-def test_a_development_build_of_1_0_or_later_keeps_the_404() -> None:
-    server = start_fake(api_version=3, version="next-8f2a1c")[0]
-    try:
-        with pytest.raises(WoodpeckerError) as caught:
-            client_for(server).lookup_repo("acme/missing")
-        assert caught.value.reason == "not_found"
-    finally:
-        server.stop()
+def test_a_development_build_of_1_0_or_later_keeps_the_404(make_fake: MakeFake) -> None:
+    server = make_fake(api_version=3, version="next-8f2a1c")[0]
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).lookup_repo("acme/missing")
+    assert caught.value.reason == "not_found"
 
 
 def test_version(fake: tuple[FakeWoodpecker, int]) -> None:
@@ -397,39 +402,33 @@ def test_restart_of_a_blocked_pipeline(fake: tuple[FakeWoodpecker, int]) -> None
 
 
 @pytest.mark.parametrize("bug_answer", ["200", "404", "500"])
-def test_definition_not_found_without_fallback_names_the_option(bug_answer: str) -> None:
-    server, repo_id = start_fake(restart_bug=bug_answer)
-    try:
-        number = server.add_pipeline(repo_id, status="error", event="manual", config_stored=False,
-                                     errors=["could not load config"])
-        with pytest.raises(WoodpeckerError) as caught:
-            run_action(client_for(server), ActionRequest(action="restart", repo="acme/app", pipeline=number))
-        assert caught.value.reason == "definition_not_found"
-        also = " or the token lacks push permission" if bug_answer == "404" else ""
-        assert f"cannot be restarted because the server lost its definition (pipeline definition not found, " \
-               f"answer {bug_answer}{also}); set fallback_to_trigger" in str(caught.value)
-    finally:
-        server.stop()
+def test_definition_not_found_without_fallback_names_the_option(bug_answer: str, make_fake: MakeFake) -> None:
+    server, repo_id = make_fake(restart_bug=bug_answer)
+    number = server.add_pipeline(repo_id, status="error", event="manual", config_stored=False,
+                                 errors=["could not load config"])
+    with pytest.raises(WoodpeckerError) as caught:
+        run_action(client_for(server), ActionRequest(action="restart", repo="acme/app", pipeline=number))
+    assert caught.value.reason == "definition_not_found"
+    also = " or the token lacks push permission" if bug_answer == "404" else ""
+    assert f"cannot be restarted because the server lost its definition (pipeline definition not found, " \
+           f"answer {bug_answer}{also}); set fallback_to_trigger" in str(caught.value)
 
 
 @pytest.mark.parametrize("bug_answer", ["200", "404", "500"])
-def test_definition_not_found_falls_back_to_a_fresh_trigger(bug_answer: str) -> None:
-    server, repo_id = start_fake(restart_bug=bug_answer)
-    try:
-        number = server.add_pipeline(repo_id, status="error", branch="dev", event="manual", config_stored=False,
-                                     variables={"IMAGE": "infra-ci"})
-        request = ActionRequest(action="restart", repo="acme/app", pipeline=number, fallback_to_trigger=True,
-                                variables={"EXTRA": "1"})
-        outcome = run_action(client_for(server), request)
-        assert outcome.fallback_used and outcome.created_new and outcome.changed
-        fresh = outcome.pipeline
-        assert (fresh.event, fresh.branch, fresh.parent) == ("manual", "dev", 0)
-        assert fresh.variables == {"IMAGE": "infra-ci", "EXTRA": "1", RESTART_OF_VARIABLE: str(number)}
-        # Running the same restart again finds the fallback pipeline instead of starting a third one.
-        again = run_action(client_for(server), request)
-        assert again.reused and not again.changed and again.pipeline.number == fresh.number
-    finally:
-        server.stop()
+def test_definition_not_found_falls_back_to_a_fresh_trigger(bug_answer: str, make_fake: MakeFake) -> None:
+    server, repo_id = make_fake(restart_bug=bug_answer)
+    number = server.add_pipeline(repo_id, status="error", branch="dev", event="manual", config_stored=False,
+                                 variables={"IMAGE": "infra-ci"})
+    request = ActionRequest(action="restart", repo="acme/app", pipeline=number, fallback_to_trigger=True,
+                            variables={"EXTRA": "1"})
+    outcome = run_action(client_for(server), request)
+    assert outcome.fallback_used and outcome.created_new and outcome.changed
+    fresh = outcome.pipeline
+    assert (fresh.event, fresh.branch, fresh.parent) == ("manual", "dev", 0)
+    assert fresh.variables == {"IMAGE": "infra-ci", "EXTRA": "1", RESTART_OF_VARIABLE: str(number)}
+    # Running the same restart again finds the fallback pipeline instead of starting a third one.
+    again = run_action(client_for(server), request)
+    assert again.reused and not again.changed and again.pipeline.number == fresh.number
 
 
 def test_restart_404_on_a_healthy_pipeline_is_a_permission_problem(fake: tuple[FakeWoodpecker, int]) -> None:
@@ -479,20 +478,17 @@ def test_restart_without_any_failed_pipeline(fake: tuple[FakeWoodpecker, int]) -
 
 
 @pytest.mark.parametrize("api_version, expected", [(2, "killed"), (3, "canceled")])
-def test_cancel_a_pending_pipeline(api_version: int, expected: str) -> None:
-    server, repo_id = start_fake(api_version)
-    try:
-        number = server.add_pipeline(repo_id, status="pending")
-        client = client_for(server)
-        outcome = run_action(client, ActionRequest(action="cancel", repo="acme/app", pipeline=number))
-        assert outcome.canceled and outcome.changed and outcome.pipeline.status == expected
-        cancel = server.api_requests("POST")[0]
-        assert cancel.path == f"/api/repos/{repo_id}/pipelines/{number}/cancel"
-        # Canceling again sends nothing: the pipeline is finished.
-        again = run_action(client, ActionRequest(action="cancel", repo="acme/app", pipeline=number))
-        assert not again.changed and len(server.api_requests("POST")) == 1
-    finally:
-        server.stop()
+def test_cancel_a_pending_pipeline(api_version: int, expected: str, make_fake: MakeFake) -> None:
+    server, repo_id = make_fake(api_version)
+    number = server.add_pipeline(repo_id, status="pending")
+    client = client_for(server)
+    outcome = run_action(client, ActionRequest(action="cancel", repo="acme/app", pipeline=number))
+    assert outcome.canceled and outcome.changed and outcome.pipeline.status == expected
+    cancel = server.api_requests("POST")[0]
+    assert cancel.path == f"/api/repos/{repo_id}/pipelines/{number}/cancel"
+    # Canceling again sends nothing: the pipeline is finished.
+    again = run_action(client, ActionRequest(action="cancel", repo="acme/app", pipeline=number))
+    assert not again.changed and len(server.api_requests("POST")) == 1
 
 
 def test_cancel_a_running_pipeline_gives_killed(fake: tuple[FakeWoodpecker, int]) -> None:
@@ -677,8 +673,7 @@ def test_a_server_that_is_down(fake: tuple[FakeWoodpecker, int]) -> None:
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # verify=False is asked for
 def test_tls_is_verified_by_default_and_ca_path_is_honoured(tmp_path: pathlib.Path) -> None:
     tls = make_server_tls(tmp_path)
-    server = FakeWoodpecker(tls=(str(tls.server.cert_path), str(tls.server.key_path))).start()
-    try:
+    with FakeWoodpecker(tls=(str(tls.server.cert_path), str(tls.server.key_path))) as server:
         server.add_user(TOKEN)
         server.add_repo("acme", "app", push=[TOKEN])
         with pytest.raises(WoodpeckerError) as caught:
@@ -686,8 +681,6 @@ def test_tls_is_verified_by_default_and_ca_path_is_honoured(tmp_path: pathlib.Pa
         assert caught.value.reason == "tls"
         assert client_for(server, verify=str(tls.ca.cert_path)).lookup_repo("acme/app").full_name == "acme/app"
         assert client_for(server, verify=False).lookup_repo("acme/app").full_name == "acme/app"
-    finally:
-        server.stop()
 
 
 # ---- the token --------------------------------------------------------------------------------------
@@ -841,27 +834,22 @@ def test_a_restart_refused_by_the_configuration_service_gives_the_server_text(
     assert "blocked" not in str(caught.value) and "definition" not in str(caught.value)
 
 
-def test_a_1x_server_answering_204_without_storing_a_pipeline_filtered_the_trigger() -> None:
-    server, repo_id = start_fake(1)
-    try:
-        server.repos[repo_id].manual_config = "filtered"
-        with pytest.raises(WoodpeckerError) as caught:
-            client_for(server).trigger(Repo(repo_id, "acme/app", "main"), "main")
-    finally:
-        server.stop()
+def test_a_1x_server_answering_204_without_storing_a_pipeline_filtered_the_trigger(make_fake: MakeFake) -> None:
+    server, repo_id = make_fake(1)
+    server.repos[repo_id].manual_config = "filtered"
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).trigger(Repo(repo_id, "acme/app", "main"), "main")
     assert caught.value.reason == "filtered"
     assert "nothing was started because no workflow runs for event manual (204 from a 1.x server" in \
         str(caught.value)
 
 
-def test_a_1x_server_answering_204_with_a_stored_pipeline_could_not_fetch_the_configuration() -> None:
-    server, repo_id = start_fake(1)
-    url = server.url
-    try:
-        server.repos[repo_id].manual_config = "fetch_error"
-        with pytest.raises(WoodpeckerError) as caught:
-            client_for(server).trigger(Repo(repo_id, "acme/app", "main"), "main")
-    finally:
-        server.stop()
+def test_a_1x_server_answering_204_with_a_stored_pipeline_could_not_fetch_the_configuration(
+    make_fake: MakeFake
+) -> None:
+    server, repo_id = make_fake(1)
+    server.repos[repo_id].manual_config = "fetch_error"
+    with pytest.raises(WoodpeckerError) as caught:
+        client_for(server).trigger(Repo(repo_id, "acme/app", "main"), "main")
     assert caught.value.reason == "config_error" and caught.value.pipeline is not None
-    assert caught.value.url == f"{url}/repos/{repo_id}/pipeline/1"
+    assert caught.value.url == f"{server.url}/repos/{repo_id}/pipeline/1"
