@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import functools
 import hashlib
 import json
 import os
@@ -623,8 +624,22 @@ class RegistryClient:
             response.close()
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # a walk asks for every object of a repository by this path
     def _repo_path(repository: str) -> str:
         return "/v2/" + "/".join(quote(part, safe="") for part in repository.split("/"))
+
+    def _object_request(self, method: str, repository: str, kind: str, reference: str, what: str,
+                        stream: bool = False) -> _Answer:
+        """A request for one manifest or blob (``kind``) of a repository, with the pull scope it needs.
+
+        Manifests are asked for with every media type the walk reads; a blob GET asks for its first byte.
+        """
+        if kind == "manifests":
+            headers = {"Accept": MANIFEST_ACCEPT}
+        else:
+            headers = {"Range": "bytes=0-0"} if method == "GET" else {}
+        return self.request(method, f"{self._repo_path(repository)}/{kind}/{quote(reference, safe=':')}", what,
+                            scope=f"repository:{repository}:pull", headers=headers, stream=stream)
 
     def get_manifest(self, repository: str, reference: str, what: str = "") -> Manifest:
         """GET a manifest by tag or digest; the body is hash-checked against what was asked for."""
@@ -632,14 +647,7 @@ class RegistryClient:
         attempt = 0
         header_digest: t.Optional[str] = None
         while True:
-            response = self.request(
-                "GET",
-                f"{self._repo_path(repository)}/manifests/{quote(reference, safe=':')}",
-                what,
-                scope=f"repository:{repository}:pull",
-                headers={"Accept": MANIFEST_ACCEPT},
-                stream=True,
-            )
+            response = self._object_request("GET", repository, "manifests", reference, what, stream=True)
             try:
                 if response.status_code != 200:
                     raise self._fail(response, what)
@@ -698,13 +706,7 @@ class RegistryClient:
     def head_manifest(self, repository: str, reference: str, what: str = "") -> t.Tuple[int, t.Optional[str]]:
         """HEAD a manifest (content is read by the registry, so this is reliable); returns status and digest."""
         what = what or _manifest_name(repository, reference)
-        response = self.request(
-            "HEAD",
-            f"{self._repo_path(repository)}/manifests/{quote(reference, safe=':')}",
-            what,
-            scope=f"repository:{repository}:pull",
-            headers={"Accept": MANIFEST_ACCEPT},
-        )
+        response = self._object_request("HEAD", repository, "manifests", reference, what)
         response.close()
         if response.status_code != 200:
             raise self._error_with_body(repository, "manifests", reference, response, what)
@@ -716,15 +718,7 @@ class RegistryClient:
         """A HEAD failure has no body; ask once more with GET so the error code can be reported."""
         if head.status_code not in (404, 400, 403, 500):
             return self._fail(head, what)
-        headers = {"Accept": MANIFEST_ACCEPT} if kind == "manifests" else {"Range": "bytes=0-0"}
-        response = self.request(
-            "GET",
-            f"{self._repo_path(repository)}/{kind}/{quote(reference, safe=':')}",
-            what,
-            scope=f"repository:{repository}:pull",
-            headers=headers,
-            stream=True,
-        )
+        response = self._object_request("GET", repository, kind, reference, what, stream=True)
         if response.status_code in (200, 206):
             response.close()
             return RegistryError(f"{what} answered HTTP {head.status_code} to HEAD.", status=head.status_code)
@@ -737,10 +731,8 @@ class RegistryClient:
         mode it is followed without our Authorization header when it points to another origin.
         """
         what = what or f"blob {repository}@{digest}"
-        path = f"{self._repo_path(repository)}/blobs/{quote(digest, safe=':')}"
-        scope = f"repository:{repository}:pull"
         if mode == "head":
-            response = self.request("HEAD", path, what, scope=scope)
+            response = self._object_request("HEAD", repository, "blobs", digest, what)
             response.close()
             if response.status_code in REDIRECT_STATUSES:
                 return BlobCheck(response.status_code, None, True)
@@ -753,7 +745,7 @@ class RegistryClient:
 
         attempt = 0
         while True:
-            response, redirected = self._open_first_byte(path, what, scope)
+            response, redirected = self._open_first_byte(repository, digest, what)
             try:
                 if response.status_code not in (200, 206):
                     raise self._fail(response, what)
@@ -783,10 +775,11 @@ class RegistryClient:
                 )
             attempt += 1
 
-    def _open_first_byte(self, path: str, what: str, scope: str) -> t.Tuple[_Answer, bool]:
+    def _open_first_byte(self, repository: str, digest: str, what: str) -> t.Tuple[_Answer, bool]:
         """GET the first byte of a blob, following redirects (object storage); returns the answer and
         whether it was redirected."""
-        response = self.request("GET", path, what, scope=scope, headers={"Range": "bytes=0-0"}, stream=True)
+        response = self._object_request("GET", repository, "blobs", digest, what, stream=True)
+        scope = f"repository:{repository}:pull"
         redirected = False
         hops = 0
         while response.status_code in REDIRECT_STATUSES:
