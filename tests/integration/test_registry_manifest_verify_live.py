@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -248,6 +249,20 @@ def test_tls_is_verified_by_default(registry_tls: RegistryServer) -> None:
     with pytest.raises(RegistryError, match="TLS certificate verification failed"):
         RegistryClient(registry_tls.url, retries=0).ping()
     RegistryClient(registry_tls.url, verify=str(registry_tls.ca_path)).ping()
+
+
+def test_tls_connections_are_kept_alive(registry_tls: RegistryServer, make_pusher: t.Callable,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """One TLS handshake for a whole walk: the idle check must not mistake TLS records for a closed socket."""
+    make_pusher(registry_tls).push_index("infra-ci", "latest")
+    connects = []
+    real_connect = socket.create_connection
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: connects.append(args) or
+                        real_connect(*args, **kwargs))
+    with RegistryClient(registry_tls.url, verify=str(registry_tls.ca_path), pool_size=1) as client:
+        result = ManifestWalker(client, concurrency=1, blob_check="read").verify([parse_image_reference("infra-ci:latest")])
+        assert result.ok and client.request_count > 10
+    assert len(connects) == 1
 
 
 def test_mirror_catalog_checks_tags_without_pulling_children(make_registry: t.Callable,
