@@ -23,8 +23,10 @@ Script = t.Callable[[str], t.Tuple[bytes, bool]]
 class RawServer:
     """Accepts connections on 127.0.0.1 and answers each request with the bytes ``script`` returns."""
 
-    def __init__(self, script: Script):
+    def __init__(self, script: Script, answers_per_connection: t.Optional[int] = None):
         self.script = script
+        # After this many answers on a connection, the next request on it is met by closing it unanswered.
+        self.answers_per_connection = answers_per_connection
         self.connections = 0
         self.heads: t.List[t.List[str]] = []  # each request's request line and header lines
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -50,6 +52,7 @@ class RawServer:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as reader:
+            answered = 0
             while True:
                 head = []
                 for line in iter(reader.readline, b""):
@@ -58,6 +61,9 @@ class RawServer:
                     head.append(line.decode("latin-1").rstrip("\r\n"))
                 if not head:
                     return
+                if answered == self.answers_per_connection:
+                    return
+                answered += 1
                 self.heads.append(head)
                 answer, close = self.script(head[0])
                 conn.sendall(answer)
@@ -69,11 +75,11 @@ class RawServer:
 
 
 @pytest.fixture
-def serve() -> t.Iterator[t.Callable[[Script], RawServer]]:
+def serve() -> t.Iterator[t.Callable[..., RawServer]]:
     servers: t.List[RawServer] = []
 
-    def start(script: Script) -> RawServer:
-        servers.append(RawServer(script))
+    def start(script: Script, answers_per_connection: t.Optional[int] = None) -> RawServer:
+        servers.append(RawServer(script, answers_per_connection))
         return servers[-1]
 
     yield start
@@ -122,6 +128,18 @@ def test_an_idle_connection_the_server_closed_is_replaced_without_a_retry(
         client.get_manifest("app", "v1")
     assert client.request_count == 3
     assert server.connections == 3
+
+
+def test_a_kept_connection_closed_as_it_is_reused_is_replaced_at_once(serve: t.Callable[..., RawServer]) -> None:
+    # The server keeps each connection open after one answer, then closes it when the next request comes:
+    # the client only learns it is gone after sending. Nothing was answered, so it asks again on a new one.
+    server = serve(lambda line: (manifest_answer(), False), answers_per_connection=1)
+    client = client_for(server)
+    for unused in range(3):
+        client.get_manifest("app", "v1")
+    assert client.request_count == 3  # no retry with a pause: the transport replaced the connection
+    assert server.connections == 3
+    assert len(server.heads) == 3
 
 
 def test_an_http_1_0_answer_does_not_keep_the_connection(serve: t.Callable[[Script], RawServer]) -> None:
