@@ -113,11 +113,6 @@ class Response:
         self._done = remaining == 0 and not chunked
         self._released = False
 
-    @property
-    def complete(self) -> bool:
-        """The body was read to its end (the connection can serve another request)."""
-        return self._done
-
     def read(self, amount: int = 65536) -> bytes:
         """Up to ``amount`` bytes of the body; ``b""`` at its end. Raises CutShort when it ends early."""
         if self._done:
