@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import json
 import pathlib
-import secrets
 import typing as t
 
 import jinja2
@@ -29,7 +28,8 @@ from tests.harness.pushgateway import samples, start_pushgateway
 from tests.harness.registry import RegistryServer
 from tests.harness.sshd import SshServer
 from tests.integration.test_awx_job_templates import objects
-from tests.integration.test_playbooks_rebuild_ci import PIPELINE_GUARD_SECONDS, PlayedPipeline, _ci_push, _woodpecker
+from tests.integration.conftest import CI
+from tests.integration.test_playbooks_rebuild_ci import PlayedPipeline, _ci_push
 from tests.integration.test_playbooks_rebuild_on_host import make_source_repo
 
 pytestmark = pytest.mark.slow
@@ -130,31 +130,24 @@ def test_diagnose_job_hands_the_broken_images_to_the_next_node(
 
 def test_rebuild_ci_job_triggers_woodpecker_with_the_injected_token(
     engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, ci: CI,
 ) -> None:
     daemon, image = engine
     pusher = make_pusher(registry)
     reproduce_incident(registry, pusher)
-    token = secrets.token_urlsafe(24)
-    fake, repo_id = _woodpecker(token)
-    pipeline = PlayedPipeline(fake, repo_id, _ci_push(registry))
-    pipeline.start()
-    try:
-        registry_env, extra = registry_credential(registry)
-        woodpecker_env, woodpecker_extra = inject("woodpecker", server=fake.url, token=token)
-        # What the job template fixes and what the diagnose node's set_stats passes on (a list).
-        extravars = {**extra, **woodpecker_extra, "registry_images": ["infra-ci:latest"], "rebuild_action": "trigger",
-                     "rebuild_force": "false", "rebuild_poll_interval": 0.2,
-                     "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}}}
+    registry_env, extra = registry_credential(registry)
+    woodpecker_env, woodpecker_extra = inject("woodpecker", server=ci.fake.url, token=ci.token)
+    # What the job template fixes and what the diagnose node's set_stats passes on (a list).
+    extravars = {**extra, **woodpecker_extra, "registry_images": ["infra-ci:latest"], "rebuild_action": "trigger",
+                 "rebuild_force": "false", "rebuild_poll_interval": 0.2,
+                 "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}}}
+    with PlayedPipeline(ci.fake, ci.repo_id, _ci_push(registry)) as pipeline:
         job = run_job(daemon, image, tmp_path, "playbooks/rebuild_ci.yml", controller_inventory(), extravars,
                       {**registry_env, **woodpecker_env})
-        pipeline.join(timeout=PIPELINE_GUARD_SECONDS)
-    finally:
-        fake.stop()
     assert pipeline.error is None, pipeline.error
     assert job.status == "successful", job.explain()
     assert "1 of 1 image(s) verify end to end" in job.stdout, job.explain()
-    assert_no_secret(job, token)
+    assert_no_secret(job, ci.token)
 
 
 def test_rebuild_on_host_job_builds_over_ssh_and_verifies(

@@ -10,17 +10,16 @@ its final status. The playbook's verify then checks the registry for real.
 from __future__ import annotations
 
 import pathlib
-import secrets
 import threading
 import time
 import typing as t
 
-import pytest
 
 from tests.harness.images import ImagePusher, make_layer
 from tests.harness.incident import Incident
 from tests.harness.registry import RegistryServer
 from tests.harness.woodpecker_server import FakeWoodpecker
+from tests.integration.conftest import CI
 from tests.integration.test_playbooks_support import PlaybookRun, run_local_playbook
 
 # A hang guard for the pipeline thread, not an assertion on time.
@@ -65,25 +64,6 @@ class PlayedPipeline(threading.Thread):
 
     def __exit__(self, *exc: object) -> None:
         self.join(timeout=PIPELINE_GUARD_SECONDS)
-
-
-class CI(t.NamedTuple):
-    """The Woodpecker stand-in with ops/infra-ci, whose pipeline this test plays, and a token that may push."""
-
-    fake: FakeWoodpecker
-    repo_id: int
-    token: str
-
-
-@pytest.fixture
-def ci(fake_woodpecker: FakeWoodpecker) -> CI:
-    token = secrets.token_urlsafe(24)
-    fake_woodpecker.add_user(token)
-    repo_id = fake_woodpecker.add_repo("ops", "infra-ci", push=[token])
-    # Started, then running for as long as the test thread wants: the thread decides when it ends.
-    fake_woodpecker.plan(repo_id, ["pending", "running"],
-                         logs={"push-image": ["pushing infra-ci:latest", "unauthorized: push refused"]})
-    return CI(fake_woodpecker, repo_id, token)
 
 
 def _rebuild(tmp_path: pathlib.Path, extra: dict[str, t.Any], token: str | None, workdir: str = "run",

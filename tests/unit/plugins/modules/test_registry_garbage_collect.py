@@ -68,7 +68,7 @@ def test_check_mode_reports_what_would_go_and_changes_nothing(store, capsys):
 
 
 def test_real_run_changes_only_with_evidence_and_is_idempotent(store, capsys, tmp_path):
-    tree, index, stray, args = store.tree, store.index, store.stray, store.args
+    stray, args = store.stray, store.args
     report = tmp_path / "gc.json"
     code, result = run_module(dict(args, report_path=str(report)), capsys, diff=True)
     assert code == 0 and result["changed"] is True, result

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import time
 import typing as t
 
@@ -155,7 +156,7 @@ def test_an_unreadable_repository_fails_the_task_but_the_others_are_handled(
 
 
 def test_another_run_holding_the_host_lock_fails_and_deletes_nothing(
-    populated: RegistryServer, capsys: pytest.CaptureFixture[str], tmp_path: "pathlib.Path"
+    populated: RegistryServer, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
 ) -> None:
     from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import host_lock
 
