@@ -251,14 +251,19 @@ def test_tls_is_verified_by_default(registry_tls: RegistryServer) -> None:
     RegistryClient(registry_tls.url, verify=str(registry_tls.ca_path)).ping()
 
 
-def test_tls_connections_are_kept_alive(registry_tls: RegistryServer, make_pusher: t.Callable,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tls_connections_are_kept_alive(
+    registry_tls: RegistryServer, make_pusher: t.Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One TLS handshake for a whole walk: the idle check must not mistake TLS records for a closed socket."""
     make_pusher(registry_tls).push_index("infra-ci", "latest")
     connects = []
     real_connect = socket.create_connection
-    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: connects.append(args) or
-                        real_connect(*args, **kwargs))
+
+    def counted_connect(*args: t.Any, **kwargs: t.Any) -> socket.socket:
+        connects.append(args)
+        return real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counted_connect)
     with RegistryClient(registry_tls.url, verify=str(registry_tls.ca_path), pool_size=1) as client:
         result = ManifestWalker(client, concurrency=1, blob_check="read").verify([parse_image_reference("infra-ci:latest")])
         assert result.ok and client.request_count > 10
