@@ -266,7 +266,10 @@ class Transport:
             if _UNSAFE_IN_HEADER.search(value):
                 raise ValueError(f"the {name} header contains a line break")
             lines.append(f"{name}: {value}")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError:
+            raise ValueError("a header is not Latin-1 text") from None  # the error would quote the character
         connection, reused = self._take(origin)
         try:
             try:

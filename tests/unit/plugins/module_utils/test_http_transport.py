@@ -185,8 +185,12 @@ def test_a_redirect_to_a_target_with_spaces_is_not_sent(serve: t.Callable[[Scrip
     assert server.request_lines == [f"GET /v2/app/blobs/sha256:{'a' * 64} HTTP/1.1"]
 
 
-def test_a_token_with_a_line_break_is_never_sent(serve: t.Callable[[Script], RawServer]) -> None:
-    token = "evil\r\nX-Injected: 1"
+@pytest.mark.parametrize("token, reason", [
+    ("evil\r\nX-Injected: 1", "the Authorization header contains a line break"),
+    ("evil\u2603token", "a header is not Latin-1 text"),
+])
+def test_a_token_that_cannot_be_a_header_is_never_sent(
+        serve: t.Callable[[Script], RawServer], token: str, reason: str) -> None:
 
     def script(line: str) -> t.Tuple[bytes, bool]:
         if line.startswith("GET /token"):
@@ -198,8 +202,8 @@ def test_a_token_with_a_line_break_is_never_sent(serve: t.Callable[[Script], Raw
     server = serve(script)
     with pytest.raises(RegistryError) as caught:
         RegistryClient(server.url, username="u", password="p", retries=1, backoff=0.01).get_manifest("app", "v1")
-    assert caught.value.message == "Request for manifest app:v1 was not sent: the Authorization header contains a line break."
-    assert "evil" not in caught.value.message
+    assert caught.value.message == f"Request for manifest app:v1 was not sent: {reason}."
+    assert "evil" not in caught.value.message and "\u2603" not in caught.value.message
     assert [line.split(" ")[0] for line in server.request_lines] == ["GET", "GET"]  # the anonymous try, the token
 
 
