@@ -286,11 +286,15 @@ class RegistryClient:
         if requests is None:
             raise RegistryError("The Python library requests is required to talk to a registry.")
         parts = urlsplit(base_url.strip())
+        if parts.username or parts.password:
+            # Checked first, and the URL is never echoed: it holds a secret.
+            raise RegistryError("The registry URL must not contain credentials; use username and password.")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise RegistryError(f"Registry URL {base_url!r} is not an http:// or https:// URL with a host.")
-        if parts.username or parts.password:
-            # Never echo the URL here: it holds a secret.
-            raise RegistryError("The registry URL must not contain credentials; use username and password.")
+        try:
+            port = parts.port
+        except ValueError:
+            raise RegistryError(f"Registry URL {base_url!r} has a port that is not a number.") from None
         self.base_url = f"{parts.scheme}://{parts.netloc}"
         self.host = parts.netloc
         self.timeout = timeout
@@ -304,7 +308,7 @@ class RegistryClient:
         self._password = password or None
         self._verify = verify
         # Nothing is read from the environment (no netrc credentials, no proxies behind the user's back).
-        self._origin: Origin = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        self._origin: Origin = (parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
         # Connections to the registry are kept; so are those to two other hosts at most (the token
         # service, object storage a blob redirects to), which never push the registry's out.
         self._transport = Transport(self._origin, timeout, self._tls_context, pool_size=pool_size, max_origins=3,

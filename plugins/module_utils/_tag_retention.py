@@ -480,11 +480,11 @@ class RegistryDeleteClient:
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         parsed = urllib.parse.urlsplit(url)
+        if parsed.username or parsed.password:
+            # Credentials in a URL end up in logs and process lists; refuse them first, without echoing them.
+            raise TagRetentionError("the registry URL must not contain credentials; use a password file or the environment.")
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise TagRetentionError(f"registry URL {url!r} is not an http:// or https:// URL.")
-        if parsed.username or parsed.password:
-            # Credentials in a URL end up in logs and process lists; refuse them without echoing them.
-            raise TagRetentionError("the registry URL must not contain credentials; use a password file or the environment.")
         self.url = f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
         self.ca_file = ca_file if parsed.scheme == "https" else None
         self.username = username

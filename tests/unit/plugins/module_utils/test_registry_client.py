@@ -191,10 +191,23 @@ def test_url_with_credentials_is_refused_without_echoing_them() -> None:
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", ["registry.example:5000", "ftp://registry.example", "http://"])
-def test_url_must_be_http_with_a_host(url: str) -> None:
-    with pytest.raises(RegistryError, match="is not an http:// or https:// URL"):
+@pytest.mark.parametrize("url, problem", [
+    ("registry.example:5000", "is not an http:// or https:// URL with a host"),
+    ("ftp://registry.example", "is not an http:// or https:// URL with a host"),
+    ("http://", "is not an http:// or https:// URL with a host"),
+    ("http://registry.example:port", "has a port that is not a number"),
+])
+def test_url_must_be_http_with_a_host_and_a_port_number(url: str, problem: str) -> None:
+    with pytest.raises(RegistryError) as caught:
         RegistryClient(url)
+    assert caught.value.message == f"Registry URL {url!r} {problem}."
+
+
+@pytest.mark.parametrize("url", [f"ftp://u:{SECRET}@registry.example", f"http://u:{SECRET}@registry.example:port"])
+def test_credentials_in_any_bad_url_are_never_echoed(url: str) -> None:
+    with pytest.raises(RegistryError) as caught:
+        RegistryClient(url)
+    assert SECRET not in caught.value.message
 
 
 # -- blobs and redirects ----------------------------------------------------------------------

@@ -362,9 +362,10 @@ def test_a_url_that_is_not_http_is_refused(url: str) -> None:
         RegistryDeleteClient(url)
 
 
-def test_credentials_in_the_url_are_refused_without_repeating_them() -> None:
+@pytest.mark.parametrize("url", ["https://user:s3cret-value@127.0.0.1:5000", "ftp://user:s3cret-value@127.0.0.1"])
+def test_credentials_in_the_url_are_refused_without_repeating_them(url: str) -> None:
     with pytest.raises(TagRetentionError) as caught:
-        RegistryDeleteClient("https://user:s3cret-value@127.0.0.1:5000")
+        RegistryDeleteClient(url)
     assert "s3cret-value" not in str(caught.value)
 
 
