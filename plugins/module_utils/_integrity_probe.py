@@ -195,7 +195,7 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
         walker = ManifestWalker(client, concurrency=options.concurrency, blob_check=options.blob_check, cache=cache)
         try:
             run = run_verification(client, walker, repositories=options.repositories,
-                                   previous=read_previous_run(options.json_report),
+                                   previous=read_previous_run(options.json_report, client.base_url),
                                    interval_seconds=options.interval, blob_check=options.blob_check)
         finally:
             client.close()

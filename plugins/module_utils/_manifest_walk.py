@@ -91,11 +91,17 @@ class Child(t.NamedTuple):
     kind: str  # "image", "attestation" or "index"
 
 
-# What a run concluded about an image. "unverified" means the registry, the network or the credentials
-# failed before the image's objects could be proven present or missing: a probe error, never damage.
-OUTCOME_OK = "ok"
-OUTCOME_BROKEN = "broken"
-OUTCOME_UNVERIFIED = "unverified"
+# The one verdict a run gives each image; automation acts on it, so the four never blur:
+# "broken": the registry answered and an object is missing or damaged (only this is ever rebuilt);
+# "unverified": the registry, the network or the credentials failed before the objects could be proven
+# present or missing: a probe error, never damage; "not_found": the reference itself does not exist
+# (an image asked for by name whose tag or digest answers 404; a tag the registry's own tag list names
+# but cannot resolve is broken instead).
+VERDICT_OK = "ok"
+VERDICT_BROKEN = "broken"
+VERDICT_UNVERIFIED = "unverified"
+VERDICT_NOT_FOUND = "not_found"
+VERDICTS = (VERDICT_OK, VERDICT_BROKEN, VERDICT_UNVERIFIED, VERDICT_NOT_FOUND)
 
 
 class ImageResult(t.NamedTuple):
@@ -105,7 +111,9 @@ class ImageResult(t.NamedTuple):
     digest: t.Optional[str]
     media_type: t.Optional[str]
     ok: bool
-    outcome: str  # OUTCOME_OK, OUTCOME_BROKEN (wins over unverified) or OUTCOME_UNVERIFIED
+    verdict: str  # one of VERDICTS; broken wins over unverified
+    orphan_index: bool  # broken the garbage collector's way: the tag resolves to an index whose child answers 404
+    reason: t.Optional[str]  # the first finding behind the verdict, one sentence; None when ok
     children: t.List[Child]
 
 
@@ -132,6 +140,7 @@ class WalkSummary(t.NamedTuple):
     images: int
     broken_images: int
     unverified_images: int
+    not_found_images: int
     repository_errors: int
     manifests: int
     blobs: int
@@ -147,6 +156,7 @@ class WalkResult(t.NamedTuple):
     images: t.List[ImageResult]
     broken: t.List[BrokenObject]
     unverified: t.List[BrokenObject]  # objects the registry did not answer for (same shape as broken)
+    not_found: t.List[BrokenObject]  # references asked for by name that do not exist
     repository_errors: t.List[RepositoryError]
 
 
@@ -479,7 +489,7 @@ class ManifestWalker:
             self._wait_idle()
         finally:
             self._stop()
-        return self._result(images, errors)
+        return self._result(images, errors, listed=True)
 
     def _start(self) -> None:
         try:
@@ -498,50 +508,77 @@ class ManifestWalker:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _result(self, images: t.Sequence[ImageReference], repository_errors: t.List[RepositoryError]) -> WalkResult:
+    def _result(self, images: t.Sequence[ImageReference], repository_errors: t.List[RepositoryError],
+                listed: bool = False) -> WalkResult:
+        """Each image's verdict and findings. ``listed``: the images came from the registry's own tag lists,
+        so a tag that does not resolve is damage (a dangling tag), not a name nobody pushed."""
         results: t.List[ImageResult] = []
         findings = _Findings()
         for image in images:
             reference = str(image)
             root_key = ("manifest", image.repository, image.reference)
             root = self._nodes[root_key]
-            outcomes = self._collect(reference, root_key, "manifest", [reference], findings, frozenset())
-            outcome = OUTCOME_BROKEN if OUTCOME_BROKEN in outcomes else (
-                OUTCOME_UNVERIFIED if OUTCOME_UNVERIFIED in outcomes else OUTCOME_OK)
-            children = [edge.child for edge in root.edges if edge.child is not None]
+            if not listed and _does_not_exist(root):
+                verdicts = {VERDICT_NOT_FOUND}
+                findings.add(VERDICT_NOT_FOUND, root_key,
+                             self._finding(reference, root, "manifest", [reference], image.digest))
+            else:
+                verdicts = self._collect(reference, root_key, "manifest", [reference], findings, frozenset())
+            verdict = next((v for v in (VERDICT_NOT_FOUND, VERDICT_BROKEN, VERDICT_UNVERIFIED) if v in verdicts),
+                           VERDICT_OK)
+            first = findings.first_for(reference, verdict)
             results.append(ImageResult(
                 reference=reference,
                 repository=image.repository,
                 tag=image.tag,
                 digest=root.digest or image.digest,
                 media_type=root.media_type,
-                ok=outcome == OUTCOME_OK,
-                outcome=outcome,
-                children=children,
+                ok=verdict == VERDICT_OK,
+                verdict=verdict,
+                orphan_index=verdict == VERDICT_BROKEN and self._is_orphan_index(root),
+                reason=first.message if first else None,
+                children=[edge.child for edge in root.edges if edge.child is not None],
             ))
         manifests = sum(1 for key, node in self._unique_nodes() if key[0] == "manifest")
         blobs = sum(1 for key, node in self._unique_nodes() if key[0] == "blob")
         foreign = sum(node.skipped_foreign for unused_key, node in self._unique_nodes())
+
+        def counted(verdict: str) -> int:
+            return sum(1 for result in results if result.verdict == verdict)
+
         summary = WalkSummary(
             images=len(results),
-            broken_images=sum(1 for result in results if result.outcome == OUTCOME_BROKEN),
-            unverified_images=sum(1 for result in results if result.outcome == OUTCOME_UNVERIFIED),
+            broken_images=counted(VERDICT_BROKEN),
+            unverified_images=counted(VERDICT_UNVERIFIED),
+            not_found_images=counted(VERDICT_NOT_FOUND),
             repository_errors=len(repository_errors),
             manifests=manifests,
             blobs=blobs,
             requests=self.client.request_count,
-            broken_objects=len(findings.broken_keys),
-            unverified_objects=len(findings.unverified_keys),
+            broken_objects=len(findings.keys[VERDICT_BROKEN]),
+            unverified_objects=len(findings.keys[VERDICT_UNVERIFIED]),
             foreign_layers=foreign,
         )
         return WalkResult(
-            ok=not (findings.broken or findings.unverified or repository_errors),
+            ok=all(result.ok for result in results) and not repository_errors,
             summary=summary,
             images=results,
-            broken=findings.broken,
-            unverified=findings.unverified,
+            broken=findings.lists[VERDICT_BROKEN],
+            unverified=findings.lists[VERDICT_UNVERIFIED],
+            not_found=findings.lists[VERDICT_NOT_FOUND],
             repository_errors=list(repository_errors),
         )
+
+    def _is_orphan_index(self, root: _Node) -> bool:
+        """The incident's signature: an index that resolves while a child manifest answers 404."""
+        if root.problem is not None or not any(edge.child is not None for edge in root.edges):
+            return False
+        for edge in root.edges:
+            child = self._nodes.get(edge.key)
+            if edge.object_type == "manifest" and child is not None and child.problem is not None \
+                    and child.problem.status == 404:
+                return True
+        return False
 
     def _unique_nodes(self) -> t.Iterator[t.Tuple[t.Tuple[str, str, str], _Node]]:
         seen: t.Set[int] = set()
@@ -549,6 +586,20 @@ class ManifestWalker:
             if id(node) not in seen:
                 seen.add(id(node))
                 yield key, node
+
+    @staticmethod
+    def _finding(reference: str, node: _Node, object_type: str, chain: t.List[str],
+                 digest: t.Optional[str]) -> BrokenObject:
+        problem = t.cast(RegistryError, node.problem)
+        return BrokenObject(
+            reference=reference,
+            chain=chain,
+            object_type=object_type,
+            digest=digest,
+            status=problem.status,
+            error_code=problem.error_code,
+            message=f"{reference}: {problem.message}",
+        )
 
     def _collect(
         self,
@@ -559,43 +610,40 @@ class ManifestWalker:
         findings: "_Findings",
         visiting: t.FrozenSet[t.Tuple[str, str, str]],
     ) -> t.Set[str]:
-        """File every problem under key with its chain from the tag; return the outcomes met (broken, unverified)."""
+        """File every problem under key with its chain from the tag; return the verdicts met (broken, unverified)."""
         node = self._nodes[key]
         digest = node.digest or (key[2] if is_digest(key[2]) else None)
         chain = chain_prefix + [digest] if digest else list(chain_prefix)
-        outcomes: t.Set[str] = set()
+        verdicts: t.Set[str] = set()
         if node.problem is not None:
-            outcome = OUTCOME_UNVERIFIED if node.problem.says_nothing_about_the_object else OUTCOME_BROKEN
-            findings.add(outcome, (key[0], key[1], digest or key[2]), BrokenObject(
-                reference=reference,
-                chain=chain,
-                object_type=object_type,
-                digest=digest,
-                status=node.problem.status,
-                error_code=node.problem.error_code,
-                message=f"{reference}: {node.problem.message}",
-            ))
-            outcomes.add(outcome)
+            verdict = VERDICT_UNVERIFIED if node.problem.says_nothing_about_the_object else VERDICT_BROKEN
+            findings.add(verdict, (key[0], key[1], digest or key[2]), self._finding(reference, node, object_type, chain, digest))
+            verdicts.add(verdict)
         if key in visiting:  # content addressing makes cycles impossible; garbage must not recurse forever
-            return outcomes
+            return verdicts
         for edge in node.edges:
-            outcomes |= self._collect(reference, edge.key, edge.object_type, chain, findings, visiting | {key})
-        return outcomes
+            verdicts |= self._collect(reference, edge.key, edge.object_type, chain, findings, visiting | {key})
+        return verdicts
+
+
+def _does_not_exist(root: _Node) -> bool:
+    """A reference asked for by name that the registry says it has never heard of: 404 on the tag or digest
+    itself (MANIFEST_UNKNOWN, NAME_UNKNOWN), with nothing known about it from an earlier run."""
+    return root.problem is not None and root.problem.status == 404 and not root.edges
 
 
 class _Findings:
-    """Problems filed by outcome, with the unique objects behind them (one shared object counts once)."""
+    """Problems filed by verdict, with the unique objects behind them (one shared object counts once)."""
 
     def __init__(self) -> None:
-        self.broken: t.List[BrokenObject] = []
-        self.unverified: t.List[BrokenObject] = []
-        self.broken_keys: t.Set[t.Tuple[str, str, str]] = set()
-        self.unverified_keys: t.Set[t.Tuple[str, str, str]] = set()
+        self.lists: t.Dict[str, t.List[BrokenObject]] = {verdict: [] for verdict in VERDICTS}
+        self.keys: t.Dict[str, t.Set[t.Tuple[str, str, str]]] = {verdict: set() for verdict in VERDICTS}
+        self._first: t.Dict[t.Tuple[str, str], BrokenObject] = {}
 
-    def add(self, outcome: str, key: t.Tuple[str, str, str], finding: BrokenObject) -> None:
-        if outcome == OUTCOME_BROKEN:
-            self.broken.append(finding)
-            self.broken_keys.add(key)
-        else:
-            self.unverified.append(finding)
-            self.unverified_keys.add(key)
+    def add(self, verdict: str, key: t.Tuple[str, str, str], finding: BrokenObject) -> None:
+        self.lists[verdict].append(finding)
+        self.keys[verdict].add(key)
+        self._first.setdefault((finding.reference, verdict), finding)
+
+    def first_for(self, reference: str, verdict: str) -> t.Optional[BrokenObject]:
+        return self._first.get((reference, verdict))

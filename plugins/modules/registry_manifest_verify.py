@@ -16,7 +16,11 @@ description:
   - Every manifest body is hashed and compared with the digest asked for and the C(Docker-Content-Digest)
     header.
   - Verifies one image, a list of images, or every tag of every repository (O(catalog=true)).
-  - Keeps two verdicts apart. V(broken) means the registry answered and the object is missing or damaged
+  - Gives each image exactly one verdict, RV(images[].verdict), listed by verdict in RV(verdicts). V(ok). V(not_found)
+    means the reference itself does not exist (an image asked for by name whose tag or digest answers 404; in
+    catalog mode a tag that the registry's own tag list names but cannot resolve is broken). Only V(broken) images
+    need a rebuild; RV(images[].orphan_index) says when it is the garbage collector's pattern.
+  - Keeps the two other verdicts apart. V(broken) means the registry answered and the object is missing or damaged
     (404, a body that does not hash to its digest, content that is not a manifest). V(unverified) means the
     registry did not answer for it (429 or 5xx after retries, a timeout, a refused connection, rejected
     credentials, a redirect that cannot be followed, a body cut short every time it was read), which is a probe
@@ -141,6 +145,12 @@ options:
     description: The C(job) label of the pushed group.
     type: str
     default: selfhosted_registry_probe
+  interval_seconds:
+    description:
+      - How often this verification is scheduled (a probe run by AWX, cron or a CronJob), exported as
+        C(registry_verify_interval_seconds) with the metrics so the staleness alert knows when a run is overdue.
+      - Leave unset for a run that is not scheduled.
+    type: int
 notes:
   - The module only reads from the registry. Run it where the registry is reachable, usually with
     O(ignore:delegate_to=localhost).
@@ -231,6 +241,10 @@ summary:
       description: Images not broken but with an object the registry did not answer for.
       type: int
       sample: 0
+    not_found_images:
+      description: Images asked for by name that do not exist.
+      type: int
+      sample: 0
     repository_errors:
       description: Catalog mode, repositories whose tag list could not be read.
       type: int
@@ -259,9 +273,36 @@ summary:
       description: Foreign (non-distributable) layers skipped because the registry never holds them.
       type: int
       sample: 0
+verdicts:
+  description: The image references under each verdict, for a playbook or a workflow to branch on.
+  returned: always, except when the options are wrong
+  type: dict
+  contains:
+    ok:
+      description: Images that verified end to end.
+      type: list
+      elements: str
+      sample: [app:1.0]
+    broken:
+      description: Images with a missing or damaged object. The only ones to rebuild.
+      type: list
+      elements: str
+      sample: [infra-ci:latest]
+    unverified:
+      description: Images the registry did not answer for. Fix the registry, the network or the credentials.
+      type: list
+      elements: str
+      sample: []
+    not_found:
+      description: Images whose tag or digest does not exist. Check the names.
+      type: list
+      elements: str
+      sample: []
 images:
-  description: One entry per image, in the order given (catalog mode is sorted by repository and tag).
-  returned: success or when images are broken
+  description: >-
+    One entry per image, in the order given (catalog mode is sorted by repository and tag). When the registry
+    cannot be read at all, each image asked for by name is listed with verdict V(unverified) and the reason.
+  returned: always, except when the options are wrong or a whole catalog could not be read
   type: list
   elements: dict
   contains:
@@ -289,10 +330,28 @@ images:
       description: True when every object of this image verified.
       type: bool
       sample: false
-    outcome:
-      description: C(ok), C(broken) (an object is missing or damaged; wins over the next) or C(unverified).
+    verdict:
+      description:
+        - V(ok); V(broken) (the registry answered and an object is missing or damaged; wins over unverified);
+          V(unverified) (the registry did not answer for an object: throttled, 5xx after retries, timed out,
+          refused, credentials rejected; also every image when the registry could not be read at all);
+          V(not_found) (the tag or digest asked for does not exist).
+        - Only V(broken) images need a rebuild.
       type: str
+      choices: [ok, broken, unverified, not_found]
       sample: broken
+    orphan_index:
+      description: >-
+        True when the image is broken the garbage collector's way: the tag resolves to an index whose child
+        manifest answers 404.
+      type: bool
+      sample: true
+    reason:
+      description: The first finding behind the verdict, one sentence naming the object; null when ok.
+      type: str
+      sample: >-
+        infra-ci:latest: child manifest sha256:6aa402bc73625bf9113c8671d290bc893aa6088ec387abb4ff32a94bba840af6
+        answered 404 MANIFEST_UNKNOWN.
     children:
       description: The index children walked (empty for a single-platform image).
       type: list
@@ -369,6 +428,19 @@ unverified:
       status: 503
       error_code: null
       message: "infra-ci:latest: manifest answered HTTP 503."
+not_found:
+  description: The references asked for by name that do not exist; the same keys as RV(broken).
+  returned: success or when images are broken, unverified or not found
+  type: list
+  elements: dict
+  sample:
+    - reference: infra-ci:lates
+      chain: [infra-ci:lates]
+      object_type: manifest
+      digest: null
+      status: 404
+      error_code: MANIFEST_UNKNOWN
+      message: "infra-ci:lates: manifest of tag lates answered 404 MANIFEST_UNKNOWN."
 repository_errors:
   description: Catalog mode, one entry per repository whose tag list could not be read; the rest were verified.
   returned: success or when images are broken or unverified
@@ -423,6 +495,7 @@ def _argument_spec() -> t.Dict[str, t.Any]:
         manifest_cache_path=dict(type="path"),
         pushgateway_url=dict(type="str"),
         pushgateway_job=dict(type="str", default="selfhosted_registry_probe"),
+        interval_seconds=dict(type="int"),
     )
     return spec
 
@@ -464,6 +537,8 @@ def main() -> None:
             module.fail_json(msg=f"pushgateway_url {redact_url(params['pushgateway_url'])} {problem}.")
         if not params["pushgateway_job"].strip():
             module.fail_json(msg="pushgateway_job must not be empty.")
+    if params["interval_seconds"] is not None and params["interval_seconds"] < 1:
+        module.fail_json(msg=f"interval_seconds must be at least 1, not {params['interval_seconds']}.")
     if params["retry_window"] < 0:
         module.fail_json(msg=f"retry_window must be 0 or more seconds, not {params['retry_window']}.")
 
@@ -502,8 +577,8 @@ def main() -> None:
     try:
         run = run_verification(
             client, walker, images=images, repositories=params["repositories"],
-            previous=read_previous_run(params["report_path"]), mirror=params["mirror"],
-            blob_check=params["blob_check"],
+            previous=read_previous_run(params["report_path"], client.base_url), mirror=params["mirror"],
+            interval_seconds=params["interval_seconds"], blob_check=params["blob_check"],
         )
     finally:
         client.close()
@@ -514,7 +589,8 @@ def main() -> None:
         if warning:
             module.warn(warning)
     if run.result is None:
-        module.fail_json(msg=run.error, ok=False, verified=False)
+        module.fail_json(msg=run.error, ok=False, verified=False, images=run.report["images"],
+                         verdicts=run.report["verdicts"])
     if not run.result.ok and params["fail_on_broken"] and not params["mirror"]:
         module.fail_json(changed=False, **run.shaped)
     module.exit_json(changed=False, **run.shaped)

@@ -123,6 +123,16 @@ def test_missing_child_and_missing_layer_are_named_with_their_chains(fake: FakeR
     assert (layer.status, layer.error_code) == (404, "BLOB_UNKNOWN")
     assert layer.message == f"infra-ci:latest: layer blob {amd_layer} answered 404 BLOB_UNKNOWN."
     assert result.summary.broken_images == 1 and result.summary.broken_objects == 2
+    image = result.images[0]
+    assert (image.verdict, image.orphan_index) == ("broken", True)
+    assert image.reason in {child.message, layer.message}
+
+
+def test_a_missing_layer_under_a_whole_index_is_broken_but_not_the_orphan_index_pattern(fake: FakeRegistry) -> None:
+    multi_arch(fake, "infra-ci", "latest", b"base", "x")
+    del fake.blobs[("infra-ci", digest_of(b"x-arm"))]
+    image = walk(fake, "infra-ci:latest").images[0]
+    assert (image.verdict, image.orphan_index) == ("broken", False)
 
 
 def test_a_shared_broken_layer_is_reported_under_every_image_but_counted_once(fake: FakeRegistry) -> None:
@@ -137,13 +147,29 @@ def test_a_shared_broken_layer_is_reported_under_every_image_but_counted_once(fa
     assert requests_per_object(fake)[("HEAD", f"/v2/app/blobs/{digest_of(b'shared')}")] == 1
 
 
-def test_missing_tag(fake: FakeRegistry) -> None:
-    result = walk(fake, "app:gone")
-    assert [(b.chain, b.object_type, b.digest, b.status, b.error_code) for b in result.broken] == [
-        (["app:gone"], "manifest", None, 404, "MANIFEST_UNKNOWN")
+def test_a_tag_asked_for_by_name_that_does_not_exist_is_not_found_not_broken(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"layer"], tag="v1")
+    missing_digest = "sha256:" + "d" * 64
+    result = walk(fake, "app:gone", f"app@{missing_digest}", "app:v1")
+    assert not result.broken and not result.ok
+    assert [(b.chain, b.object_type, b.digest, b.status, b.error_code) for b in result.not_found] == [
+        (["app:gone"], "manifest", None, 404, "MANIFEST_UNKNOWN"),
+        ([f"app@{missing_digest}"], "manifest", missing_digest, 404, "MANIFEST_UNKNOWN"),
     ]
-    assert result.broken[0].message == "app:gone: manifest of tag gone answered 404 MANIFEST_UNKNOWN."
+    assert result.not_found[0].message == "app:gone: manifest of tag gone answered 404 MANIFEST_UNKNOWN."
+    assert [(i.verdict, i.ok, i.reason) for i in result.images] == [
+        ("not_found", False, result.not_found[0].message), ("not_found", False, result.not_found[1].message),
+        ("ok", True, None)]
     assert result.images[0].digest is None and result.images[0].media_type is None
+    assert (result.summary.not_found_images, result.summary.broken_images) == (1 + 1, 0)
+
+
+def test_a_tag_its_own_tag_list_names_but_that_does_not_resolve_is_broken(fake: FakeRegistry) -> None:
+    fake.routes["/v2/_catalog?n=1000"] = lambda seen: json_reply(200, {"repositories": ["app"]})
+    fake.routes["/v2/app/tags/list"] = lambda seen: json_reply(200, {"tags": ["dangling"]})
+    result = ManifestWalker(RegistryClient(fake.url)).verify_catalog()
+    assert [(i.reference, i.verdict) for i in result.images] == [("app:dangling", "broken")]
+    assert not result.not_found and [b.status for b in result.broken] == [404]
 
 
 def test_platform_filter_walks_only_the_chosen_children_and_their_attestations(fake: FakeRegistry) -> None:
@@ -347,13 +373,13 @@ def test_a_throttled_or_failing_registry_is_unverified_never_broken(fake: FakeRe
     fake.routes["/v2/app/manifests/v2"] = lambda seen: json_reply(429, {"errors": [{"code": "TOOMANYREQUESTS"}]})
     result = walk(fake, "app:v1", "app:v2", "gone:v1")
     assert not result.ok
-    assert [(i.reference, i.outcome, i.ok) for i in result.images] == [
-        ("app:v1", "unverified", False), ("app:v2", "unverified", False), ("gone:v1", "broken", False)]
+    assert [(i.reference, i.verdict, i.ok) for i in result.images] == [
+        ("app:v1", "unverified", False), ("app:v2", "unverified", False), ("gone:v1", "not_found", False)]
     assert [(u.reference, u.status, u.digest) for u in result.unverified] == [
         ("app:v1", 503, layer), ("app:v2", 429, None)]
-    assert [b.reference for b in result.broken] == ["gone:v1"]
-    assert (result.summary.broken_images, result.summary.unverified_images) == (1, 2)
-    assert (result.summary.broken_objects, result.summary.unverified_objects) == (1, 2)
+    assert [b.reference for b in result.not_found] == ["gone:v1"] and not result.broken
+    assert (result.summary.not_found_images, result.summary.unverified_images) == (1, 2)
+    assert result.summary.unverified_objects == 2
 
 
 def test_broken_wins_over_unverified_within_one_image(fake: FakeRegistry) -> None:
@@ -361,7 +387,7 @@ def test_broken_wins_over_unverified_within_one_image(fake: FakeRegistry) -> Non
     fake.routes[f"/v2/app/blobs/{digest_of(b'slow')}"] = lambda seen: Reply(500)
     del fake.blobs[("app", digest_of(b"gone"))]
     result = walk(fake, "app:v1")
-    assert result.images[0].outcome == "broken"
+    assert result.images[0].verdict == "broken"
     assert [b.digest for b in result.broken] == [digest_of(b"gone")]
     assert [u.digest for u in result.unverified] == [digest_of(b"slow")]
 
@@ -404,7 +430,7 @@ def test_credentials_refused_in_the_middle_of_a_walk_are_unverified_not_broken(f
         401, b"", {"WWW-Authenticate": 'Basic realm="r"'})
     client = RegistryClient(fake.url, username="reader", password="pw", backoff=0.01, retries=1)
     result = ManifestWalker(client).verify([parse_image_reference("app:v1")])
-    assert not result.broken and result.images[0].outcome == "unverified"
+    assert not result.broken and result.images[0].verdict == "unverified"
     assert sorted((u.digest, u.status) for u in result.unverified) == sorted([(denied, 403), (challenged, 401)])
     assert f"app:v1: Registry 127.0.0.1:{fake.port} rejected the credentials for layer blob {challenged}." in [
         u.message for u in result.unverified]

@@ -40,7 +40,7 @@ def test_healthy_images_pass(fake: FakeRegistry, capsys: pytest.CaptureFixture[s
     assert not result.get("failed")
     assert result["ok"] is True and result["changed"] is False
     # Blobs are per repository: "base" counts in infra-ci and in team/app. Requests: /v2/ + 4 + 8.
-    assert result["summary"] == {"images": 2, "broken_images": 0, "unverified_images": 0, "repository_errors": 0,
+    assert result["summary"] == {"images": 2, "broken_images": 0, "unverified_images": 0, "not_found_images": 0, "repository_errors": 0,
                                  "manifests": 4, "blobs": 8, "requests": 13, "broken_objects": 0,
                                  "unverified_objects": 0, "foreign_layers": 0}
     assert result["images"][0]["media_type"] == OCI_INDEX
@@ -65,11 +65,24 @@ def test_broken_image_fails_naming_every_broken_object(fake: FakeRegistry, capsy
 
 
 def test_report_only_and_mirror_do_not_fail(fake: FakeRegistry, capsys: pytest.CaptureFixture[str]) -> None:
-    del fake.manifests[("team/app", "v1")]
+    del fake.blobs[("team/app", digest_of(b"base"))]
     for extra in ({"fail_on_broken": False}, {"mirror": True}):
         result = run_module(dict({"registry_url": fake.url, "images": ["team/app:v1"]}, **extra), capsys)
         assert not result.get("failed") and result["ok"] is False
-        assert result["broken"][0]["error_code"] == "MANIFEST_UNKNOWN"
+        assert result["broken"][0]["error_code"] == "BLOB_UNKNOWN"
+
+
+def test_each_image_gets_one_verdict(fake: FakeRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    del fake.blobs[("team/app", digest_of(b"base"))]
+    result = run_module({"registry_url": fake.url, "images": ["infra-ci:latest", "team/app:v1", "team/app:v9"]},
+                        capsys)
+    assert result["failed"] is True
+    assert result["verdicts"] == {"ok": ["infra-ci:latest"], "broken": ["team/app:v1"], "unverified": [],
+                                  "not_found": ["team/app:v9"]}
+    assert [(i["verdict"], i["orphan_index"]) for i in result["images"]] == [
+        ("ok", False), ("broken", False), ("not_found", False)]
+    assert result["msg"].endswith("1 of 3 images do not exist (check the names): team/app:v9: manifest of tag v9"
+                                  " answered 404 MANIFEST_UNKNOWN.")
 
 
 def test_check_mode_gives_the_same_result(fake: FakeRegistry, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,13 +97,14 @@ def test_check_mode_gives_the_same_result(fake: FakeRegistry, capsys: pytest.Cap
 
 
 def test_report_and_metrics_files(fake: FakeRegistry, capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path) -> None:
-    del fake.manifests[("team/app", "v1")]
+    del fake.blobs[("team/app", digest_of(b"base"))]
     report, metrics = tmp_path / "verify.json", tmp_path / "verify.prom"
     result = run_module({"registry_url": fake.url, "images": ["infra-ci:latest", "team/app:v1"],
                          "report_path": str(report), "metrics_path": str(metrics), "fail_on_broken": False}, capsys)
     written = json.loads(report.read_text())
     assert written["broken"] == result["broken"] and written["summary"] == result["summary"]
     assert written["registry"] == fake.url
+    assert [(k["reference"], k["carried"]) for k in written["known_broken"]] == [("team/app:v1", False)]
     text = metrics.read_text()
     host = f"127.0.0.1:{fake.port}"
     assert f'registry_verify_images{{registry="{host}"}} 2\n' in text
@@ -115,6 +129,9 @@ def test_unreachable_registry_writes_up_0_and_fails_with_one_sentence(
     assert result["msg"] == f"Could not reach the v2 API of 127.0.0.1:{port} at 127.0.0.1:{port}: connection refused."
     assert f'registry_verify_up{{registry="127.0.0.1:{port}"}} 0' in metrics.read_text()
     assert SECRET not in json.dumps(result)
+    # Not reached is never broken: the image asked for is unverified, with the reason.
+    assert result["verdicts"] == {"ok": [], "broken": [], "unverified": ["app:v1"], "not_found": []}
+    assert result["images"][0]["reason"] == f"app:v1: {result['msg']}"
 
 
 @pytest.mark.parametrize("args, message", [
