@@ -38,6 +38,12 @@ def _vars(registry: RegistryServer, **more: object) -> dict[str, object]:
     return values
 
 
+def custom_stats(run) -> dict:
+    """What set_stats handed on (ANSIBLE_SHOW_CUSTOM_STATS prints it as one JSON line after the recap)."""
+    tail = run.stdout[run.stdout.index("CUSTOM STATS"):]
+    return json.loads(tail[tail.index("RUN:") + 4:].splitlines()[0])
+
+
 def _assert_names_missing_children(stdout: str, incident: Incident) -> None:
     for digest in incident.missing_manifests:
         assert digest in stdout, f"missing child {digest} not named"
@@ -53,7 +59,8 @@ def test_diagnose_fails_on_the_incident_and_names_the_missing_children(
                              env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
 
     assert run.returncode != 0, run.explain()
-    assert "infra-ci:latest is BROKEN: the tag resolves to " + incident.index.digest in run.stdout, run.explain()
+    assert ("infra-ci:latest is BROKEN (the GC incident: its index resolves, child manifests are gone):"
+            " the tag resolves to " + incident.index.digest) in run.stdout, run.explain()
     _assert_names_missing_children(run.stdout, incident)
     amd64 = next(child for child in incident.index.children if child.platform == "linux/amd64")
     assert f"linux/amd64 image {amd64.digest}" in run.stdout, run.explain()
@@ -62,6 +69,7 @@ def test_diagnose_fails_on_the_incident_and_names_the_missing_children(
     stats = run.stdout[run.stdout.index("CUSTOM STATS"):]
     assert '"registry_images": [' in stats and '"infra-ci:latest"' in stats, run.explain()
     assert "1 of 1 image(s) broken: infra-ci:latest" in run.stdout
+    assert "verdicts: ok 0, broken 1, unverified 0, not_found 0" in run.stdout, run.explain()
     assert "GC incident pattern (tagged index whose child manifests are gone): YES" in run.stdout, run.explain()
     assert f"{len(incident.missing_manifests)} child manifest(s) missing over the API" in run.stdout
     assert "1 orphan index(es) in storage" in run.stdout, run.explain()
@@ -161,12 +169,22 @@ def test_diagnose_names_rejected_credentials_in_one_line(tmp_path: pathlib.Path,
     extra = _vars(registry_basic, registry_images="infra-ci:latest", registry_username=registry_basic.username,
                   registry_password=wrong)
 
-    run = run_local_playbook("diagnose.yml", tmp_path, extra)
+    run = run_local_playbook("diagnose.yml", tmp_path, extra, env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
 
     assert run.returncode != 0
-    assert "credentials" in run.stdout.lower() or "401" in run.stdout, run.explain()
+    assert "rejected the credentials" in run.stdout, run.explain()
+    _assert_unverified_and_nothing_passed_on(run, "infra-ci:latest")
     assert wrong not in run.output
     assert "Traceback" not in run.output
+
+
+def _assert_unverified_and_nothing_passed_on(run, reference: str) -> None:
+    """Not reached is never broken: the image is unverified, and no image goes on to a rebuild."""
+    assert "verdicts: ok 0, broken 0, unverified 1, not_found 0" in run.stdout, run.explain()
+    assert "Could not verify (fix the registry, the network or the credentials; nothing was rebuilt): " + reference \
+        in run.stdout, run.explain()
+    stats = custom_stats(run)
+    assert stats["registry_images"] == [] and stats["registry_verdicts"]["unverified"] == [reference], run.explain()
 
 
 def test_diagnose_names_an_unreachable_registry_in_one_line(tmp_path: pathlib.Path) -> None:
@@ -174,11 +192,39 @@ def test_diagnose_names_an_unreachable_registry_in_one_line(tmp_path: pathlib.Pa
 
     url = f"http://127.0.0.1:{free_port()}"
 
-    run = run_local_playbook("diagnose.yml", tmp_path, {"registry_url": url, "registry_images": "infra-ci:latest"})
+    run = run_local_playbook("diagnose.yml", tmp_path, {"registry_url": url, "registry_images": "infra-ci:latest"},
+                             env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
 
     assert run.returncode != 0
     assert "Could not reach" in run.stdout, run.explain()
+    _assert_unverified_and_nothing_passed_on(run, "infra-ci:latest")
     assert "Traceback" not in run.output
+
+
+def test_diagnose_calls_a_mistyped_tag_not_found_and_in_the_workflow_fails_without_passing_it_on(
+    tmp_path: pathlib.Path, registry: RegistryServer, pusher: ImagePusher
+) -> None:
+    _push_healthy(pusher)
+
+    run = run_local_playbook("diagnose.yml", tmp_path,
+                             _vars(registry, registry_images="team/app:v1 team/app:v9", runbook_workflow=True),
+                             env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
+
+    assert run.returncode != 0, run.explain()
+    assert "verdicts: ok 1, broken 0, unverified 0, not_found 1" in run.stdout, run.explain()
+    assert "Not in the registry (check the names): team/app:v9." in run.stdout, run.explain()
+    stats = custom_stats(run)
+    assert stats["registry_images"] == [] and stats["registry_verdicts"]["not_found"] == ["team/app:v9"]
+
+
+def test_diagnose_in_the_workflow_succeeds_only_to_hand_broken_images_on(
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
+) -> None:
+    run = run_local_playbook("diagnose.yml", tmp_path,
+                             _vars(registry, registry_images="infra-ci:latest", runbook_workflow=True))
+
+    assert run.returncode == 0, run.explain()  # the workflow's success path is the rebuild
+    assert "1 of 1 image(s) broken: infra-ci:latest" in run.stdout, run.explain()
 
 
 def test_diagnose_asks_for_its_inputs(tmp_path: pathlib.Path) -> None:
@@ -386,9 +432,9 @@ def test_diagnose_on_a_tag_that_does_not_exist_says_so_and_advises_no_rebuild(
     run = run_local_playbook("diagnose.yml", tmp_path, _vars(registry, registry_images="team/app:v9"))
 
     assert run.returncode != 0, run.explain()
-    assert "does not exist in the registry (the tag answers 404 and storage has no link for it), check the name: " \
-           "team/app:v9" in run.stdout, run.explain()
-    assert "Not in the registry: team/app:v9." in run.stdout
+    assert "not_found (the tag answers 404 and storage has no link for it: check the name): team/app:v9" \
+        in run.stdout, run.explain()
+    assert "Not in the registry (check the names): team/app:v9." in run.stdout
     assert "rebuild_ci" not in run.stdout and "nothing to rebuild" in run.stdout, run.explain()
     assert "GC incident pattern (tagged index whose child manifests are gone): no" in run.stdout
 
