@@ -209,6 +209,15 @@ msg:
   returned: always
   type: str
   sample: Started Woodpecker pipeline infra/ci-image#432 (manual on main), finished with status success.
+error_reason:
+  description:
+    - When the action could not be done, a short cause a playbook can branch on. V(unreachable) and V(timeout) mean
+      the Woodpecker server did not answer (the runbook's cue to rebuild on the registry host instead); V(tls) that its
+      certificate was refused; others include V(unauthorized), V(not_found), V(server_error), V(not_woodpecker),
+      V(filtered), V(blocked), V(config_error), V(bad_input), V(bad_response) and V(answer_lost).
+  returned: when the action could not be done
+  type: str
+  sample: unreachable
 changed:
   description:
     - True when a pipeline was started, restarted or canceled (in check mode, when one would be).
@@ -578,7 +587,7 @@ def main() -> None:
             # not lint, or a restart lost its definition): the request did create something, so report it,
             # with its page, and changed.
             result.update(_pipeline_fields(error.pipeline), url=error.url, changed=True)
-        module.fail_json(msg=str(error), **result)
+        module.fail_json(msg=str(error), error_reason=error.reason if error is not None else "error", **result)
         return
 
     for warning in outcome.warnings:
