@@ -159,6 +159,59 @@ def _grouping_segment(name: str, value: str) -> str:
     return f"{name}/{urllib.parse.quote(value, safe='')}"
 
 
+def _pushgateway_request(url: str, method: str, path: str, timeout: float, body: t.Optional[bytes] = None,
+                         headers: t.Optional[t.Mapping[str, str]] = None, limit: int = 300) -> t.Tuple[int, bytes]:
+    """One request to the Pushgateway: its status and up to ``limit`` bytes of its body, or PushError."""
+    problem = pushgateway_url_problem(url)
+    if problem:
+        raise PushError(f"The Pushgateway URL {redact_url(url)} {problem}.")
+    parts = urllib.parse.urlsplit(url)
+    # http.client directly: this file runs on hosts with the standard library only (no Ansible's open_url).
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
+    try:
+        connection.request(method, parts.path.rstrip("/") + path, body=body, headers=dict(headers or {}))
+        response = connection.getresponse()
+        return response.status, response.read(limit)
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise PushError(f"Could not reach the Pushgateway {redact_url(url)}: {reason}.") from None
+    finally:
+        connection.close()
+
+
+# The Pushgateway's JSON of every group is read whole; a probe's group is small, but a shared gateway
+# holds other jobs' groups too.
+PUSHED_GROUPS_LIMIT = 64 * 1024 * 1024
+
+
+def read_pushed_group(url: str, job: str, grouping: t.Mapping[str, str],
+                      timeout: float = 10.0) -> t.Dict[str, t.List[t.Tuple[t.Dict[str, str], float]]]:
+    """The samples the Pushgateway holds for one group (job + grouping labels), by metric name; empty when
+    it holds no such group. For a scheduled job that keeps no files (an AWX job's container), the last
+    push is the only memory of the previous run."""
+    status, body = _pushgateway_request(url, "GET", "/api/v1/metrics", timeout, limit=PUSHED_GROUPS_LIMIT)
+    where = redact_url(url)
+    if status != 200:
+        raise PushError(f"The Pushgateway {where} answered {status} to a read of its groups.")
+    try:
+        groups = json.loads(body)["data"]
+        wanted = dict(grouping, job=job)
+        samples: t.Dict[str, t.List[t.Tuple[t.Dict[str, str], float]]] = {}
+        for group in groups:
+            # The Pushgateway adds instance="" to a group without one; an empty label is no label.
+            if {key: value for key, value in group["labels"].items() if value} != wanted:
+                continue
+            for name, family in group.items():
+                if isinstance(family, dict) and isinstance(family.get("metrics"), list):
+                    samples[name] = [({str(k): str(v) for k, v in sample.get("labels", {}).items()},
+                                      float(sample["value"])) for sample in family["metrics"]]
+        return samples
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+        raise PushError(f"The Pushgateway {where} answered a read of its groups with something that is not"
+                        " its JSON.") from None
+
+
 def push_metrics(
     url: str,
     job: str,
@@ -171,27 +224,12 @@ def push_metrics(
     PUT, not POST: a series the last run pushed and this run did not (a tag no longer broken) is gone
     afterwards, exactly as it would be from a rewritten textfile.
     """
-    problem = pushgateway_url_problem(url)
-    if problem:
-        raise PushError(f"The Pushgateway URL {redact_url(url)} {problem}.")
     path = "/metrics/" + "/".join(
         [_grouping_segment("job", job)] + [_grouping_segment(key, value) for key, value in sorted(grouping.items())]
     )
-    parts = urllib.parse.urlsplit(url)
-    where = redact_url(url)
-    # http.client directly: this file runs on hosts with the standard library only (no Ansible's open_url).
-    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, parts.port, timeout=timeout)
-    try:
-        connection.request("PUT", parts.path.rstrip("/") + path, body=render_metrics(metrics).encode("utf-8"),
-                           headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-        response = connection.getresponse()
-        body = response.read(300).decode("utf-8", "replace").strip().splitlines()
-    except (OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "strerror", None) or exc
-        raise PushError(f"Could not reach the Pushgateway {where}: {reason}.") from None
-    finally:
-        connection.close()
-    if not 200 <= response.status < 300:
-        detail = f": {body[0]}" if body else ""
-        raise PushError(f"The Pushgateway {where} answered {response.status}{detail}.")
+    status, body = _pushgateway_request(url, "PUT", path, timeout, body=render_metrics(metrics).encode("utf-8"),
+                                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    if not 200 <= status < 300:
+        lines = body.decode("utf-8", "replace").strip().splitlines()
+        detail = f": {lines[0]}" if lines else ""
+        raise PushError(f"The Pushgateway {redact_url(url)} answered {status}{detail}.")

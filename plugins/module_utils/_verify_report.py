@@ -25,7 +25,7 @@ from ._manifest_walk import (
     WalkResult,
 )
 from ._registry_client import RegistryClient
-from ._report_files import Metric, PushError, push_metrics
+from ._report_files import Metric, PushError, push_metrics, read_pushed_group
 
 # The Pushgateway job label both the probe and the module push under unless told otherwise.
 DEFAULT_PUSHGATEWAY_JOB = "selfhosted_registry_probe"
@@ -82,6 +82,28 @@ def read_previous_run(report_path: t.Optional[str], registry_url: str) -> Previo
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return NO_PREVIOUS_RUN
     return PreviousRun(max(last_success, 0.0), max(failed_runs, 0), broken)
+
+
+def previous_run_from_pushed(samples: t.Mapping[str, t.Sequence[t.Tuple[t.Mapping[str, str], float]]]) -> PreviousRun:
+    """The carried state from what the last run pushed to a Pushgateway (read_pushed_group): the memory of
+    a scheduled job that keeps no files, so its failure count and broken images survive between runs."""
+
+    def value(name: str) -> float:
+        found = samples.get(name) or [({}, 0.0)]
+        return found[0][1]
+
+    checked = {(labels.get("repository"), labels.get("tag")): number
+               for labels, number in samples.get("registry_verify_image_broken_checked_timestamp_seconds", [])}
+    broken = []
+    for labels, number in samples.get("registry_verify_image_broken", []):
+        repository, tag = labels.get("repository"), labels.get("tag")
+        if number != 1 or not repository or not tag:
+            continue
+        when = checked.get((repository, tag), 0.0)
+        reference = f"{repository}@{tag}" if tag.startswith("sha256:") else f"{repository}:{tag}"
+        broken.append(KnownBroken(reference, repository, tag, since=when, checked=when))
+    return PreviousRun(max(value("registry_verify_last_success_timestamp_seconds"), 0.0),
+                       max(int(value("registry_verify_failed_runs")), 0), tuple(sorted(broken)))
 
 
 def verdict_lists(images: t.Iterable[t.Dict[str, t.Any]]) -> t.Dict[str, t.List[str]]:
@@ -323,6 +345,16 @@ def run_verification(
         build_report(client.base_url, shaped, state, finished, **report_extra),
         verify_metrics(client.host, started, finished, shaped, state, interval_seconds),
     )
+
+
+def read_previous_push(url: str, registry: str, job: str = DEFAULT_PUSHGATEWAY_JOB,
+                       timeout: float = 10.0) -> t.Tuple[PreviousRun, t.Optional[str]]:
+    """The previous run's state from the Pushgateway group job + registry, and a warning when it cannot be read
+    (then the run starts from no previous run, as a first run does)."""
+    try:
+        return previous_run_from_pushed(read_pushed_group(url, job, {"registry": registry}, timeout=timeout)), None
+    except PushError as exc:
+        return NO_PREVIOUS_RUN, f"{exc} The failure count and broken images of earlier runs are not carried."
 
 
 def push_run_metrics(

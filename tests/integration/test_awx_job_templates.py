@@ -111,7 +111,9 @@ def test_job_templates_workflow_and_schedule_fit_together() -> None:
         assert node["unified_job_template"]["name"] in names
         for targets in node.get("related", {}).values():
             assert {target["identifier"] for target in targets} <= set(nodes)
-    assert nodes["diagnose"]["related"]["failure_nodes"] == [{"identifier": "rebuild_ci"}]
+    # The rebuild follows a diagnosis that confirmed broken images (its success), never a failure of diagnose.
+    assert nodes["diagnose"]["related"] == {"success_nodes": [{"identifier": "rebuild_ci"}]}
+    assert data["awx_workflow"]["extra_vars"] == {"runbook_workflow": True}
     assert nodes["rebuild_ci"]["related"]["failure_nodes"] == [{"identifier": "rebuild_on_host"}]
     schedule = data["awx_probe_schedule"]
     assert schedule["job_template"] in names

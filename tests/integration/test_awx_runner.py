@@ -62,21 +62,28 @@ def registry_credential(registry: RegistryServer) -> tuple[dict[str, str], dict[
     return inject("registry", url=registry.url, username=registry.username or "", password=registry.password or "")
 
 
-def ssh_host(sshd: SshServer, registry: RegistryServer) -> tuple[dict[str, t.Any], dict[str, str]]:
-    """The registry VM as a machine credential reaches it: the key in ssh-agent, a pinned host key."""
+def run_on_the_vm(engine: tuple[DockerDaemon, str], registry: RegistryServer, sshd: SshServer, tmp_path: pathlib.Path,
+                  playbook: str, extravars: dict[str, t.Any]) -> Job:
+    """A phase that reaches the registry VM as its job template does: the registry credential injected, the
+    Machine credential's key in ssh-agent, a pinned host key."""
+    daemon, image = engine
+    env, extra = registry_credential(registry)
     host = {
         "ansible_host": sshd.host, "ansible_port": sshd.port, "ansible_user": sshd.user,
         "ansible_connection": "ansible.builtin.ssh", "ansible_python_interpreter": "/usr/bin/python3",
         "ansible_ssh_common_args": "-o UserKnownHostsFile=/runner/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes",
         "registry_storage_root": str(registry.storage_root),
     }
-    return host, {"known_hosts": sshd.known_hosts.read_text(encoding="utf-8")}
+    return run_job(daemon, image, tmp_path, f"playbooks/{playbook}", controller_inventory(host), {**extra, **extravars},
+                   env, ssh_key=sshd.client_key.read_text(encoding="utf-8"),
+                   files={"known_hosts": sshd.known_hosts.read_text(encoding="utf-8")})
 
 
 def assert_no_secret(job: Job, *secret_values: str) -> None:
     """No secret in the job's events, nor anywhere in what the worker sent back but one place: the
     worker's first status message carries its environment (ansible-runner does that under AWX too,
-    and AWX keeps it only as the job's environment, with values named *PASSWORD*/*TOKEN* hidden)."""
+    and AWX keeps it only as the job's environment, hiding what the credential type marks secret; the
+    injected names end in PASSWORD or TOKEN, which AWX hides in any environment too)."""
     lines = job.worker_stream.split(b"\n")
     starting = json.loads(lines[0])
     assert starting.get("status") == "starting" and "env" in starting
@@ -111,21 +118,129 @@ def test_diagnose_job_hands_the_broken_images_to_the_next_node(
     engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
     sshd_server: SshServer, tmp_path: pathlib.Path,
 ) -> None:
-    daemon, image = engine
     incident = reproduce_incident(registry, make_pusher(registry))
-    env, extra = registry_credential(registry)
-    host, files = ssh_host(sshd_server, registry)
     # As the incident workflow's survey gives it: incident_images, one per line, with the registry host.
     survey = {"incident_images": f"{registry.host}/{incident.repository}:{incident.tag}\n",
               "registry_blob_check": "read", "diagnose_scan_storage": "true"}
+    job = run_on_the_vm(engine, registry, sshd_server, tmp_path, "diagnose.yml", survey)
     key = sshd_server.client_key.read_text(encoding="utf-8")
-    job = run_job(daemon, image, tmp_path, "playbooks/diagnose.yml", controller_inventory(host), {**survey, **extra},
-                  env, ssh_key=key, files=files)
-    assert job.status == "failed", job.explain()  # an image is broken: the workflow's failure path rebuilds it
-    assert job.artifacts == {"registry_images": [f"{incident.repository}:{incident.tag}"]}, job.explain()
+    assert job.status == "failed", job.explain()  # run on its own, diagnose fails while an image is broken
+    broken = f"{incident.repository}:{incident.tag}"
+    assert job.artifacts == {"registry_images": [broken], "registry_verdicts": {
+        "ok": [], "broken": [broken], "unverified": [], "not_found": []}}, job.explain()
     assert "Accepted publickey for root" in sshd_server.log()
     assert "orphan" in job.stdout.lower(), job.explain()
     assert_no_secret(job, key.strip().splitlines()[1])
+
+
+class Workflow(t.NamedTuple):
+    ran: list[tuple[str, Job]]
+
+    @property
+    def path(self) -> list[tuple[str, str]]:
+        return [(node, job.status) for node, job in self.ran]
+
+    def explain(self) -> str:
+        return "\n\n".join(f"== {node}: {job.status}\n{job.explain()}" for node, job in self.ran)
+
+
+def run_incident_workflow(engine: tuple[DockerDaemon, str], tmp_path: pathlib.Path, survey: dict[str, t.Any],
+                          credentials: dict[str, tuple[dict[str, str], dict[str, str]]], registry_vm: dict[str, t.Any],
+                          ssh_key: str, known_hosts: str, site_vars: dict[str, t.Any]) -> Workflow:
+    """The incident workflow as AWX runs it, from playbooks/awx/vars/objects.yml: each node's job in the EE with
+    its template's credentials; the next nodes chosen by the job's status (success_nodes, failure_nodes,
+    always_nodes); the artifacts of earlier jobs passed on, beneath the workflow's own variables and survey
+    answers (AWX's precedence). ``site_vars`` stand for what an admin sets in the templates (awx_*)."""
+    daemon, image = engine
+    data = objects()
+    workflow = data["awx_workflow"]
+    templates = {template["name"]: template for template in data["awx_job_templates"]}
+    nodes = {node["identifier"]: node for node in workflow["nodes"]}
+    targets = {target["identifier"] for node in nodes.values() for group in node.get("related", {}).values()
+               for target in group}
+    queue = [identifier for identifier in nodes if identifier not in targets]
+    artifacts: dict[str, t.Any] = {}
+    ran: list[tuple[str, Job]] = []
+    while queue:
+        identifier = queue.pop(0)
+        template = templates[nodes[identifier]["unified_job_template"]["name"]]
+        env: dict[str, str] = {}
+        injected: dict[str, t.Any] = {}
+        for kind in template["credentials"]:
+            if kind in credentials:
+                env.update(credentials[kind][0])
+                injected.update(credentials[kind][1])
+        on_the_vm = "machine" in template["credentials"]
+        extravars = {**site_vars, **template.get("extra_vars", {}), **injected, **artifacts,
+                     **workflow.get("extra_vars", {}), **survey}
+        job = run_job(daemon, image, tmp_path / identifier, template["playbook"],
+                      controller_inventory(registry_vm if on_the_vm else None), extravars, env,
+                      ssh_key=ssh_key if on_the_vm else None, files={"known_hosts": known_hosts} if on_the_vm else None)
+        ran.append((identifier, job))
+        artifacts.update(job.artifacts or {})
+        related = nodes[identifier].get("related", {})
+        chosen = related.get("success_nodes" if job.status == "successful" else "failure_nodes", [])
+        queue += [target["identifier"] for target in chosen + related.get("always_nodes", [])]
+    return Workflow(ran)
+
+
+@pytest.fixture
+def incident_workflow(engine: tuple[DockerDaemon, str], registry_basic: RegistryServer,
+                      make_pusher: t.Callable[..., ImagePusher], sshd_server: SshServer, tmp_path: pathlib.Path,
+                      ci: CI) -> t.Callable[..., Workflow]:
+    """The incident on a registry with basic auth; run(images, registry_url=..., password=...) launches the workflow."""
+    reproduce_incident(registry_basic, make_pusher(registry_basic))
+    registry_vm = {
+        "ansible_host": sshd_server.host, "ansible_port": sshd_server.port, "ansible_user": sshd_server.user,
+        "ansible_connection": "ansible.builtin.ssh", "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_common_args": "-o UserKnownHostsFile=/runner/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes",
+        "registry_storage_root": str(registry_basic.storage_root),
+    }
+    site_vars = {"awx_rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}},
+                 "awx_rebuild_builds": {}, "rebuild_poll_interval": 0.2}
+
+    def run(images: str, registry_url: str = registry_basic.url, password: str = registry_basic.password or "") -> Workflow:
+        credentials = {"registry": inject("registry", url=registry_url, username=registry_basic.username or "",
+                                          password=password),
+                       "woodpecker": inject("woodpecker", server=ci.fake.url, token=ci.token)}
+        return run_incident_workflow(engine, tmp_path, {"incident_images": images}, credentials, registry_vm,
+                                     sshd_server.client_key.read_text(encoding="utf-8"),
+                                     sshd_server.known_hosts.read_text(encoding="utf-8"), site_vars)
+
+    return run
+
+
+@pytest.mark.parametrize("case", ["registry unreachable", "password rejected", "tag does not exist"])
+def test_the_incident_workflow_starts_no_rebuild_for_an_image_it_could_not_call_broken(
+    incident_workflow: t.Callable[..., Workflow], registry_basic: RegistryServer, ci: CI, case: str,
+) -> None:
+    from tests.harness.registry import free_port
+
+    if case == "registry unreachable":
+        workflow = incident_workflow("infra-ci:latest", registry_url=f"http://127.0.0.1:{free_port()}")
+        says = "Could not verify (fix the registry, the network or the credentials; nothing was rebuilt): infra-ci:latest"
+    elif case == "password rejected":
+        workflow = incident_workflow("infra-ci:latest", password="not-the-password")
+        says = "rejected the credentials"
+    else:
+        workflow = incident_workflow("infra-ci:no-such-tag")
+        says = "Not in the registry (check the names): infra-ci:no-such-tag."
+    assert workflow.path == [("diagnose", "failed")], workflow.explain()
+    job = workflow.ran[0][1]
+    assert says in job.stdout, job.explain()
+    assert job.artifacts["registry_images"] == [], job.explain()
+    assert not ci.fake.api_requests("POST"), "a pipeline was started for an image that is not broken"
+
+
+def test_the_incident_workflow_rebuilds_a_real_orphan_index_through_ci(
+    incident_workflow: t.Callable[..., Workflow], registry_basic: RegistryServer, ci: CI,
+) -> None:
+    with PlayedPipeline(ci.fake, ci.repo_id, _ci_push(registry_basic)) as pipeline:
+        workflow = incident_workflow("infra-ci:latest\n")
+    assert pipeline.error is None, pipeline.error
+    assert workflow.path == [("diagnose", "successful"), ("rebuild_ci", "successful"), ("verify", "successful"),
+                             ("investigate", "successful")], workflow.explain()
+    assert len([r for r in ci.fake.api_requests("POST") if r.path.endswith("/pipelines")]) == 1
 
 
 def test_rebuild_ci_job_triggers_woodpecker_with_the_injected_token(
@@ -154,17 +269,13 @@ def test_rebuild_on_host_job_builds_over_ssh_and_verifies(
     engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
     sshd_server: SshServer, tmp_path: pathlib.Path,
 ) -> None:
-    daemon, image = engine
     reproduce_incident(registry, make_pusher(registry))
     source = make_source_repo(tmp_path / "source" / "infra-ci")
-    env, extra = registry_credential(registry)
-    host, files = ssh_host(sshd_server, registry)
-    extravars = {**extra, "registry_images": "infra-ci:latest", "rebuild_only_broken": "true",
+    extravars = {"registry_images": "infra-ci:latest", "rebuild_only_broken": "true",
                  "rebuild_workdir": str(tmp_path / "vm-work"),
                  "rebuild_builds": {"infra-ci:latest": {"source": str(source), "version": "main", "command": "sh build.sh",
                                                         "environment": {"BUILD_LOG": str(tmp_path / "build.log")}}}}
-    job = run_job(daemon, image, tmp_path, "playbooks/rebuild_on_host.yml", controller_inventory(host), extravars, env,
-                  ssh_key=sshd_server.client_key.read_text(encoding="utf-8"), files=files)
+    job = run_on_the_vm(engine, registry, sshd_server, tmp_path, "rebuild_on_host.yml", extravars)
     assert job.status == "successful", job.explain()
     assert "1 of 1 rebuilt image(s) verify end to end" in job.stdout, job.explain()
     assert (tmp_path / "build.log").exists()
@@ -174,14 +285,10 @@ def test_investigate_job_lists_the_broken_tags_and_passes_them_on(
     engine: tuple[DockerDaemon, str], registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher],
     sshd_server: SshServer, tmp_path: pathlib.Path,
 ) -> None:
-    daemon, image = engine
     incident = reproduce_incident(registry, make_pusher(registry))
-    env, extra = registry_credential(registry)
-    host, files = ssh_host(sshd_server, registry)
-    extravars = {**extra, "investigate_scan_storage": "true", "registry_blob_check": "head",
+    extravars = {"investigate_scan_storage": "true", "registry_blob_check": "head",
                  "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci"}}}
-    job = run_job(daemon, image, tmp_path, "playbooks/investigate.yml", controller_inventory(host), extravars, env,
-                  ssh_key=sshd_server.client_key.read_text(encoding="utf-8"), files=files)
+    job = run_on_the_vm(engine, registry, sshd_server, tmp_path, "investigate.yml", extravars)
     assert job.status == "failed", job.explain()
     assert job.artifacts == {"registry_images": [f"{incident.repository}:{incident.tag}"]}, job.explain()
     assert f"{incident.repository}:{incident.tag} -> rerun ops/infra-ci" in job.stdout, job.explain()

@@ -135,4 +135,6 @@ def test_the_step_fails_as_unverified_when_the_registry_rejects_the_reader(
     run = verify_step.run(registry_basic, wrong)
     assert run.returncode != 0, run.output
     assert f"Registry {registry_basic.host} rejected the credentials" in run.output
-    assert "broken" not in run.output.split("TASK [Walk")[-1]
+    walked = run.output.split("TASK [Walk")[-1]
+    assert '"broken": []' in walked and "is broken" not in walked and "are broken" not in walked, walked
+    assert '"unverified": ["infra-ci:' in walked, walked

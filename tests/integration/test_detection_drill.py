@@ -74,8 +74,13 @@ def install_probe_with_the_role(workdir: pathlib.Path, registry: RegistryServer,
 
 
 def run_probe_by_hand(workdir: pathlib.Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(workdir / "opt" / "bin" / "registry-probe")], capture_output=True, text=True,
-                          timeout=300, check=False)
+    """The probe command cron runs; when cron's own run holds the lock (exit 3), again once it is done."""
+    while True:
+        run = subprocess.run([str(workdir / "opt" / "bin" / "registry-probe")], capture_output=True, text=True,
+                             timeout=300, check=False)
+        if run.returncode != 3:
+            return run
+        time.sleep(2)
 
 
 def alert_names(prometheus: Prometheus, state: str = "firing") -> set[str]:
@@ -121,6 +126,20 @@ def test_the_drill_detects_the_incident_its_repair_a_stopped_probe_and_an_unread
         assert firing[0]["labels"]["severity"] == "critical"
         assert f"{registry.host}/infra-ci:latest" in firing[0]["annotations"]["description"]
         assert "RegistryCatalogInaccessible" not in alert_names(prometheus)
+
+        # 1b. No false all-clear: a run whose credentials are rejected proves nothing about the image, so
+        #     it carries the broken series and the alert stays firing; then the right credentials again.
+        install_probe_with_the_role(tmp_path, registry, "rotated-" + (registry.readonly_password or ""))
+        assert run_probe_by_hand(tmp_path).returncode == 2
+
+        def carried() -> bool:
+            return [s["value"][1] for s in prometheus.query("registry_verify_image_broken_carried")] == ["1"] and \
+                [s["value"][1] for s in prometheus.query("registry_verify_up")] == ["0"]
+
+        wait_until("the rejected run's carried broken series seen by Prometheus", carried, SLACK)
+        time.sleep(5)  # two more rule evaluations on the carried series
+        assert [(a["labels"]["repository"], a["labels"]["tag"]) for a in failure_firing()] == [("infra-ci", "latest")]
+        install_probe_with_the_role(tmp_path, registry, registry.readonly_password or "")
 
         # 2. The rebuild: the same image pushed again. The alert resolves by itself on the next run.
         rebuilt = pusher.push_index("infra-ci", "latest", platforms=("linux/amd64", "linux/arm64"),

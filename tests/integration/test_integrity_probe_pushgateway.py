@@ -96,6 +96,39 @@ def test_the_module_pushes_and_warns_once_when_the_pushgateway_is_down(
     assert len(result["warnings"]) == 1 and f"Could not reach the Pushgateway {down}" in result["warnings"][0]
 
 
+def test_the_module_carries_failed_runs_and_broken_images_through_the_pushgateway(
+    registry_basic: RegistryServer, make_pusher: t.Callable[..., ImagePusher], pushgateway: Service,
+    tmp_path: pathlib.Path,
+) -> None:
+    """The AWX probe keeps no files: what the last run pushed is its memory. A run with rejected credentials
+    keeps the broken image's series (carried) and counts the failed run, so the alerts fire as for cron."""
+    reproduce_incident(registry_basic, make_pusher(registry_basic))
+    args = {"registry_url": registry_basic.url, "catalog": True, "pushgateway_url": pushgateway.url,
+            "username": registry_basic.username, "interval_seconds": 900}
+    group = {("job", "selfhosted_registry_probe"), ("registry", registry_basic.host)}
+    image = frozenset(group | {("repository", "infra-ci"), ("tag", "latest")})
+
+    process, result = run_playbook(tmp_path, dict(args, password=registry_basic.password))
+    assert result["verdicts"]["broken"] == ["infra-ci:latest"], process.stdout
+    assert samples(pushgateway, "registry_verify_image_broken") == {image: 1.0}
+    assert samples(pushgateway, "registry_verify_interval_seconds") == {frozenset(group): 900.0}
+
+    for failed_runs in (1, 2):
+        process, result = run_playbook(tmp_path, dict(args, password="rotated"))
+        assert result["failed"] is True and result["verified"] is False, process.stdout
+        assert not result.get("warnings"), result
+        assert samples(pushgateway, "registry_verify_failed_runs") == {frozenset(group): float(failed_runs)}
+        assert samples(pushgateway, "registry_verify_image_broken") == {image: 1.0}
+        assert samples(pushgateway, "registry_verify_image_broken_carried") == {image: 1.0}
+        assert samples(pushgateway, "registry_verify_up") == {frozenset(group): 0.0}
+    assert "rotated" not in process.stdout
+
+    # A run that checks the image again (still broken) resets the failures and refreshes the check time.
+    process, result = run_playbook(tmp_path, dict(args, password=registry_basic.password))
+    assert samples(pushgateway, "registry_verify_failed_runs") == {frozenset(group): 0.0}
+    assert samples(pushgateway, "registry_verify_image_broken_carried") == {image: 0.0}
+
+
 def test_the_roles_probe_command_pushes_when_the_variable_is_set(
     registry: RegistryServer, pusher: ImagePusher, pushgateway: Service, tmp_path: pathlib.Path
 ) -> None:

@@ -18,9 +18,10 @@ import typing as t
 from tests.harness.images import ImagePusher, make_layer
 from tests.harness.incident import Incident
 from tests.harness.registry import RegistryServer
+from tests.harness.sshd import SshServer
 from tests.harness.woodpecker_server import FakeWoodpecker
 from tests.integration.conftest import CI
-from tests.integration.test_playbooks_support import PlaybookRun, run_local_playbook
+from tests.integration.test_playbooks_support import PlaybookRun, run_local_playbook, run_playbook, write_inventory
 
 # A hang guard for the pipeline thread, not an assertion on time.
 PIPELINE_GUARD_SECONDS = 300
@@ -67,9 +68,9 @@ class PlayedPipeline(threading.Thread):
 
 
 def _rebuild(tmp_path: pathlib.Path, extra: dict[str, t.Any], token: str | None, workdir: str = "run",
-             **options: t.Any) -> PlaybookRun:
+             env_extra: dict[str, str] | None = None, **options: t.Any) -> PlaybookRun:
     """rebuild_ci.yml with the token in WOODPECKER_TOKEN (None: the caller passes it another way)."""
-    env = {"WOODPECKER_TOKEN": token} if token else None
+    env = {**({"WOODPECKER_TOKEN": token} if token else {}), **(env_extra or {})} or None
     return run_local_playbook("rebuild_ci.yml", tmp_path, extra, workdir, env=env, **options)
 
 
@@ -325,3 +326,43 @@ def test_rebuild_ci_reports_a_pipeline_that_never_started_and_a_fallback_trigger
     assert "ops/base-images: never started: Woodpecker repository ops/base-images, manual pipeline on branch main: " \
            "nothing was started because no workflow runs for event manual" in run.stdout, run.explain()
     assert "Pipelines that did not succeed: ops/base-images (never started)." in run.stdout, run.explain()
+
+
+def test_rebuild_ci_starts_the_pipelines_when_the_registry_vm_cannot_be_reached(
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, ci: CI, sshd_server: SshServer
+) -> None:
+    """The restart before the pipelines needs SSH to the VM; without it the pipelines still run, and the
+    summary says the restart was skipped and why."""
+    fake, repo_id, token = ci
+    inventory = write_inventory(tmp_path / "inventory.yml", registry_vm=sshd_server.inventory_vars())
+    sshd_server.stop()  # the VM is down, or SSH to it is
+    extra = _extra_vars(registry, fake, rebuild_restart_command="docker compose restart private")
+    with PlayedPipeline(fake, repo_id, _ci_push(registry)) as pipeline:
+        run = run_playbook("rebuild_ci.yml", inventory, extra, tmp_path / "run", env={"WOODPECKER_TOKEN": token})
+
+    assert pipeline.error is None, pipeline.error
+    assert run.returncode == 0, run.explain()
+    assert "registry-vm could not be reached over SSH" in run.stdout, run.explain()
+    assert "so the registry was not restarted" in run.stdout, run.explain()
+    assert len([r for r in fake.api_requests("POST") if r.path == f"/api/repos/{repo_id}/pipelines"]) == 1
+    assert "1 of 1 image(s) verify end to end" in run.stdout, run.explain()
+
+
+def test_rebuild_ci_points_to_the_registry_host_when_woodpecker_cannot_be_reached(
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident
+) -> None:
+    from tests.harness.registry import free_port
+
+    down = f"http://127.0.0.1:{free_port()}"
+    extra = {"registry_url": registry.url, "registry_images": "infra-ci:latest", "woodpecker_url": down,
+             "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci"}}}
+    run = _rebuild(tmp_path, extra, "not-a-real-token", env_extra={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
+
+    assert run.returncode != 0
+    assert "next: Woodpecker could not be reached (" in run.stdout, run.explain()
+    assert "build on the registry host with ansible-playbook -i inventory.yml playbooks/rebuild_on_host.yml " \
+           f"-e registry_url={registry.url} -e registry_images=infra-ci:latest" in run.stdout, run.explain()
+    # The AWX workflow's failure path, rebuild_on_host, builds only with this reason.
+    stats = run.stdout[run.stdout.index("CUSTOM STATS"):]
+    assert '"rebuild_on_host_reason": "Woodpecker could not be reached"' in stats, run.explain()
+    assert "not-a-real-token" not in run.output

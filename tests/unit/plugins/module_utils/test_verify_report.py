@@ -25,6 +25,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._verify_report
     read_previous_run,
     result_message,
     shape_result,
+    previous_run_from_pushed,
     verdict_lists,
     verify_metrics,
 )
@@ -154,3 +155,13 @@ def test_verdict_lists_name_every_image_once_under_its_verdict() -> None:
     images = [image("a:1", "ok"), image("b:1", "broken"), image("c:1", "unverified"), image("d:1", "not_found")]
     assert verdict_lists(i._asdict() for i in images) == {
         "ok": ["a:1"], "broken": ["b:1"], "unverified": ["c:1"], "not_found": ["d:1"]}
+
+
+def test_the_state_read_back_from_a_pushgateway_group_is_the_state_that_was_pushed() -> None:
+    state = PreviousRun(100.0, 2, (known("a:1", 90.0, 90.0),
+                                   KnownBroken(f"b@sha256:{'c' * 64}", "b", f"sha256:{'c' * 64}", 80.0, 80.0)))
+    pushed: dict = {}
+    for metric in verify_metrics("r:5000", 95.0, 100.0, None, state, 900):
+        pushed.setdefault(metric.name, []).append((dict(metric.labels), float(metric.value)))
+    assert previous_run_from_pushed(pushed) == state
+    assert previous_run_from_pushed({}) == NO_PREVIOUS_RUN
