@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 import typing as t
 
 from ._report_files import Metric
@@ -125,6 +126,25 @@ class GCOptions(t.NamedTuple):
     # The caller vouches that the registry is stopped or read-only for the whole run although no
     # before command makes it so; without either, the real collection is refused.
     registry_offline: bool = False
+
+    @property
+    def time_limit(self) -> float:
+        """The longest a guarded run may take by its own timeouts: the dry and the real collection, and the
+        before, collector-stop and after commands. Past it, the run has overrun."""
+        collector = self.gc_timeout or self.timeout
+        return 2 * collector + 3 * self.timeout
+
+
+def running_metrics(options: GCOptions, started: float) -> t.List[Metric]:
+    """Published as a guarded run starts: the registry may be stopped on purpose until ``started`` plus
+    the run's time limit, and the probe's alert rules hold RegistryCatalogInaccessible until then."""
+    return [
+        Metric("registry_gc_running", "1 while a guarded GC runs (the registry may be stopped on purpose).",
+               "gauge", 1),
+        Metric("registry_gc_started_timestamp_seconds", "When the last guarded GC started.", "gauge", started),
+        Metric("registry_gc_time_limit_seconds", "The longest the last guarded GC may take by its timeouts.",
+               "gauge", options.time_limit),
+    ]
 
 
 class CommandResult(t.NamedTuple):
@@ -459,6 +479,7 @@ class GCOutcome:
         self.collection_attempted = False
         # True while a garbage-collect command runs, so an interruption knows to stop it.
         self.collector_running = False
+        self.started = time.time()
 
     @property
     def changed(self) -> bool:
@@ -533,7 +554,9 @@ class GCOutcome:
                 len(self.deleted_manifests),
             ),
             Metric("registry_gc_reclaimed_bytes", "Bytes reclaimed by the last guarded GC.", "gauge", self.reclaimed_bytes),
-        ]
+            Metric("registry_gc_last_run_timestamp_seconds", "When the last guarded GC finished.", "gauge", time.time()),
+        ] + [metric._replace(value=0) if metric.name == "registry_gc_running" else metric
+             for metric in running_metrics(self.options, self.started)]
 
 
 def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcome:

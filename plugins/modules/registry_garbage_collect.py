@@ -134,7 +134,13 @@ options:
     description: Write the outcome as JSON to this file (atomically).
     type: path
   metrics_path:
-    description: Write Prometheus samples (C(registry_gc_refused), C(registry_gc_reclaimed_bytes), ...) to this file.
+    description:
+      - Write Prometheus samples (C(registry_gc_refused), C(registry_gc_reclaimed_bytes), ...) to this file.
+      - Written twice outside check mode. Before the registry is stopped, C(registry_gc_running) 1 with
+        C(registry_gc_started_timestamp_seconds) and C(registry_gc_time_limit_seconds) (the longest the run may take
+        by its timeouts), so the C(registry_probe) role's rules hold C(RegistryCatalogInaccessible) during planned
+        maintenance and fire once it overruns. After the run, its outcome with C(registry_gc_running) 0 and
+        C(registry_gc_last_run_timestamp_seconds).
     type: path
 notes:
   - Fails with RV(status=refused) when the collection would break a tagged image; the result lists the
@@ -284,6 +290,8 @@ scan_after:
   sample: {clean: true, summary: {orphan_index: 0}, broken_tags: [], new_damage: [], other_damage: 0}
 """
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhosted.registry.plugins.module_utils._host_lock_options import HOST_LOCK_ARGUMENT_SPEC
@@ -291,6 +299,7 @@ from ansible_collections.selfhosted.registry.plugins.module_utils._gc_guard impo
     GCGuardError,
     GCOptions,
     run_guarded_gc,
+    running_metrics,
 )
 from ansible_collections.selfhosted.registry.plugins.module_utils._report_files import write_report_files
 from ansible_collections.selfhosted.registry.plugins.module_utils._storage_scan import HostLockError, host_lock
@@ -339,6 +348,11 @@ def main() -> None:
     )
     try:
         with host_lock("guarded garbage collection", params["lock_path"] or "", float(params["lock_timeout"])):
+            if params["metrics_path"] and not module.check_mode:
+                # Planned maintenance, said before the registry stops (see metrics_path).
+                problem = write_report_files(None, {}, params["metrics_path"], running_metrics(options, time.time()))
+                if problem:
+                    module.fail_json(msg=problem)
             outcome = run_guarded_gc(options)
     except (GCGuardError, HostLockError) as error:
         module.fail_json(msg=str(error))

@@ -169,3 +169,22 @@ def test_main_in_process_matches_the_exit_codes(tree, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["scan"])
     assert exit_info.value.code == 2
+
+
+def test_gc_says_it_runs_before_it_stops_the_registry_and_that_it_ended_after(tree, tools, tmp_path):
+    """The probe's rules hold "registry unreadable" during planned maintenance from these metrics."""
+    tree.image("app", "v1")
+    config = tmp_path / "config.yml"
+    config.write_text(f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {tree.root}\n")
+    metrics, during = tmp_path / "gc.prom", tmp_path / "during-stop.prom"
+    done = tools("gc", "--storage-root", tree.root, "--config", str(config), "--gc-command", "/usr/bin/docker-registry",
+                 "--gc-timeout", "600", "--timeout", "60", "--metrics-file", str(metrics),
+                 "--lock-file", str(tmp_path / "lock"),
+                 "--before-command", f"cp {metrics} {during}", "--after-command", "true")
+    assert done.returncode == 0, done.stdout + done.stderr
+    stopping = during.read_text()  # what the metrics said while the before command stopped the registry
+    assert "registry_gc_running 1" in stopping and "registry_gc_time_limit_seconds 1380" in stopping
+    assert "registry_gc_started_timestamp_seconds " in stopping
+    after = metrics.read_text()
+    assert "registry_gc_running 0" in after and "registry_gc_last_run_timestamp_seconds " in after
+    assert "registry_gc_failed 0" in after
