@@ -32,6 +32,7 @@ INTERVAL = 60  # seconds: the probe runs every minute in the drill
 RULE_FOR = 60  # RegistryManifestIntegrityFailure's `for`
 SLACK = 30  # scrape + evaluation (2 s each) + the probe run's own duration
 RULES = pathlib.Path(__file__).resolve().parents[2] / "roles/registry_probe/files/prometheus/selfhosted-registry.rules.yml"
+RUNBOOK = "https://runbooks.example/registry/runbook.md"  # registry_probe_runbook_url: where this team reads it
 
 
 def wait_until(what: str, condition: t.Callable[[], t.Any], deadline: float) -> float:
@@ -59,6 +60,9 @@ def install_probe_with_the_role(workdir: pathlib.Path, registry: RegistryServer,
         "registry_probe_lock_file": str(workdir / "probe.lock"),
         "registry_probe_cron_file": str(workdir / "cron.d" / "selfhosted-registry-probe"),
         "registry_probe_prometheus_rules_dir": str(workdir / "rules"),
+        "registry_probe_runbook_url": RUNBOOK,
+        # A Prometheus the host runs reloads when the rules file changed, and only then.
+        "registry_probe_prometheus_reload_command": f"sh -c 'echo reloaded >> {workdir / 'reloads.log'}'",
     }
     (workdir / "cron.d").mkdir(parents=True, exist_ok=True)
     (workdir / "rules").mkdir(exist_ok=True)  # Prometheus's own rules directory: the role fills, never makes it
@@ -96,7 +100,12 @@ def test_the_drill_detects_the_incident_its_repair_a_stopped_probe_and_an_unread
     pusher.push_image("team/app", "v1")
     install_probe_with_the_role(tmp_path, registry, registry.readonly_password or "")
     installed_rules = tmp_path / "rules" / RULES.name
-    assert installed_rules.read_bytes() == RULES.read_bytes()
+    # The shipped file, with its runbook links pointed at this team's copy of the runbook.
+    shipped = yaml.safe_load(RULES.read_text())
+    for group in shipped["groups"]:
+        for rule in group["rules"]:
+            rule["annotations"]["runbook_url"] = f"{RUNBOOK}#{rule['alert'].lower()}"
+    assert yaml.safe_load(installed_rules.read_text()) == shipped
 
     services: list[Service] = []
     try:
@@ -125,6 +134,7 @@ def test_the_drill_detects_the_incident_its_repair_a_stopped_probe_and_an_unread
         assert [(a["labels"]["repository"], a["labels"]["tag"]) for a in firing] == [("infra-ci", "latest")]
         assert firing[0]["labels"]["severity"] == "critical"
         assert f"{registry.host}/infra-ci:latest" in firing[0]["annotations"]["description"]
+        assert firing[0]["annotations"]["runbook_url"] == f"{RUNBOOK}#registrymanifestintegrityfailure"
         assert "RegistryCatalogInaccessible" not in alert_names(prometheus)
 
         # 1b. No false all-clear: a run whose credentials are rejected proves nothing about the image, so
@@ -168,6 +178,8 @@ def test_the_drill_detects_the_incident_its_repair_a_stopped_probe_and_an_unread
         log = (tmp_path / "log" / "probe.log").read_text()
         assert f"ERROR Registry {registry.host} rejected the credentials" in log
         assert (registry.readonly_password or "") not in log
+        # The probe was installed four times; the rules changed once, so Prometheus was reloaded once.
+        assert (tmp_path / "reloads.log").read_text().splitlines() == ["reloaded"]
         print(f"\ndrill: first run seen after {first_run:.0f} s; failure fired {detected:.0f} s after the GC"
               f" (bound {INTERVAL} s interval + {RULE_FOR} s for); resolved {resolved:.0f} s after the rebuild;"
               f" stale {stale:.0f} s after the probe stopped; inaccessible {inaccessible:.0f} s after the"
