@@ -272,6 +272,33 @@ def test_verify_list_passes_on_healthy_images(tmp_path: pathlib.Path, registry: 
     assert run.returncode == 0, run.explain()
     assert f"{len(HEALTHY)} image(s) checked, 0 broken" in run.stdout, run.explain()
     assert "blob check read" in run.stdout
+    # No probe at the registry_vm role's path on this "VM": the run says so, and still passes.
+    assert "the probe could not run on registry-vm (/opt/selfhosted-registry/probe/bin/registry-probe is not " \
+           "installed there): run it by hand" in run.stdout, run.explain()
+
+
+def test_verify_ends_by_running_the_probe_on_the_registry_host_so_the_alert_clears(
+    tmp_path: pathlib.Path, registry: RegistryServer, incident: Incident, pusher: ImagePusher
+) -> None:
+    from tests.harness.probe import Probe
+
+    probe = Probe(tmp_path / "probe", registry.url)
+    before = probe.run()
+    assert before.returncode == 1 and 'registry_verify_image_broken{' in (before.metrics or "")
+    command = tmp_path / "registry-probe"  # what the role installs: the probe command line cron runs
+    command.write_text("#!/bin/sh\nPYTHONPATH=" + str(probe.tools_dir) + " exec " + " ".join(probe.argv()) + "\n")
+    command.chmod(0o755)
+    pusher.push_index("infra-ci", "latest", platforms=("linux/amd64", "linux/arm64"), attestations=True,
+                      shared_layers=incident.keep_image.layers[:1])  # the rebuild
+
+    run = run_local_playbook("verify.yml", tmp_path, _vars(registry, registry_images="infra-ci:latest",
+                                                          registry_blob_check="read", verify_probe_command=str(command)))
+
+    assert run.returncode == 0, run.explain()
+    assert "probe on registry-vm: SUMMARY verified=yes images=" in run.stdout, run.explain()
+    assert "so the failure alert clears at the next scrape" in run.stdout
+    metrics = probe.metrics_path.read_text()
+    assert "registry_verify_image_broken{" not in metrics and 'registry_verify_broken_images{' in metrics
 
 
 def test_verify_from_the_installed_collection_limits_the_catalog_and_only_reports(
