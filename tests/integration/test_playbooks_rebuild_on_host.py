@@ -18,6 +18,7 @@ from tests.harness.images import ImagePusher
 from tests.harness.incident import reproduce_incident
 from tests.harness.registry import RegistryServer, free_port
 from tests.harness.sshd import SshServer
+from tests.integration.conftest import CI
 from tests.integration.test_playbooks_support import (
     run_playbook,
     write_inventory,
@@ -259,3 +260,26 @@ def test_rebuild_on_host_never_prints_a_token_inside_a_source_url(
     assert token not in run.output, run.explain()
     assert "registry-vm: \"Check out each image's source\" failed for infra-ci:latest." in run.stdout, run.explain()
     assert "Still broken after the rebuild: infra-ci:latest." in run.stdout, run.explain()
+
+
+def test_rebuild_on_host_re_runs_the_failed_consumer_pipelines_and_names_those_it_could_not(
+    tmp_path: pathlib.Path, registry: RegistryServer, make_pusher, sshd_server: SshServer, ci: CI
+) -> None:
+    reproduce_incident(registry, make_pusher(registry))
+    inventory, extra_vars = _setup(tmp_path, registry, sshd_server)
+    fake, unused_repo_id, token = ci
+    app_repo = fake.add_repo("team", "app", push=[token])
+    app_failed = fake.add_pipeline(app_repo, status="failure")
+    extra_vars.update(woodpecker_url=fake.url, rebuild_rerun_pipelines=[
+        {"repo": "team/app", "pipeline": app_failed}, {"repo": "team/gone", "pipeline": 7}])
+
+    run = run_playbook("rebuild_on_host.yml", inventory, extra_vars, tmp_path / "run",
+                       env={"WOODPECKER_TOKEN": token})
+
+    assert run.returncode == 0, run.explain()  # the images are back; a re-run that failed is reported
+    assert "1 of 1 rebuilt image(s) verify end to end" in run.stdout, run.explain()
+    assert [r.path for r in fake.api_requests("POST")] == [f"/api/repos/{app_repo}/pipelines/{app_failed}"]
+    assert f"re-run: Restarted team/app#{app_failed} as Woodpecker pipeline team/app#{app_failed + 1}" in run.stdout
+    assert "next: re-run these by hand once Woodpecker answers: " in run.stdout and "team/gone" in run.stdout, \
+        run.explain()
+    assert token not in run.output
