@@ -39,8 +39,8 @@ from ._verify_report import (
     DEFAULT_PUSHGATEWAY_JOB,
     VerifyRun,
     first_per_image,
+    load_previous_run,
     push_run_metrics,
-    read_previous_run,
     run_verification,
 )
 
@@ -193,9 +193,13 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
                                  f" {exc.strerror or exc}.") from None
             cache = ManifestCache(options.manifest_cache)
         walker = ManifestWalker(client, concurrency=options.concurrency, blob_check=options.blob_check, cache=cache)
+        # A container started afresh (a Kubernetes CronJob) has no report yet: what the last run pushed
+        # is then its memory, so failed runs and broken images carry over as they do on a host.
+        previous, unread_push = load_previous_run(options.json_report, client.base_url, client.host,
+                                                  options.pushgateway_url, options.pushgateway_job,
+                                                  timeout=float(options.timeout))
         try:
-            run = run_verification(client, walker, repositories=options.repositories,
-                                   previous=read_previous_run(options.json_report, client.base_url),
+            run = run_verification(client, walker, repositories=options.repositories, previous=previous,
                                    interval_seconds=options.interval, blob_check=options.blob_check)
         finally:
             client.close()
@@ -209,7 +213,7 @@ def probe(options: argparse.Namespace, environ: t.Mapping[str, str]) -> int:
                     raise ProbeError(f"Could not write {path}: {exc.strerror or exc}.") from None
         if options.pushgateway_url:
             warning = push_run_metrics(run, options.pushgateway_url, client.host, job=options.pushgateway_job,
-                                       timeout=float(options.timeout))
+                                       timeout=float(options.timeout), unread=unread_push)
             if warning:
                 _say(f"WARNING registry-probe: {warning}", sys.stderr)
     finally:

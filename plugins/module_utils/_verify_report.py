@@ -347,26 +347,38 @@ def run_verification(
     )
 
 
-def read_previous_push(url: str, registry: str, job: str = DEFAULT_PUSHGATEWAY_JOB,
-                       timeout: float = 10.0) -> t.Tuple[PreviousRun, t.Optional[str]]:
-    """The previous run's state from the Pushgateway group job + registry, and a warning when it cannot be read
-    (then the run starts from no previous run, as a first run does)."""
+def load_previous_run(report_path: t.Optional[str], registry_url: str, registry: str,
+                      pushgateway_url: t.Optional[str] = None, job: str = DEFAULT_PUSHGATEWAY_JOB,
+                      timeout: float = 10.0) -> t.Tuple[PreviousRun, t.Optional[str]]:
+    """The previous run's state: the report file of this registry; where there is none (an AWX job or a
+    container started afresh keeps no files), what the last run pushed to the Pushgateway group job +
+    registry. With a warning when that group cannot be read (the run then starts as a first run does)."""
+    previous = read_previous_run(report_path, registry_url)
+    if previous != NO_PREVIOUS_RUN or not pushgateway_url:
+        return previous, None
     try:
-        return previous_run_from_pushed(read_pushed_group(url, job, {"registry": registry}, timeout=timeout)), None
+        return previous_run_from_pushed(read_pushed_group(pushgateway_url, job, {"registry": registry},
+                                                          timeout=timeout)), None
     except PushError as exc:
         return NO_PREVIOUS_RUN, f"{exc} The failure count and broken images of earlier runs are not carried."
 
 
 def push_run_metrics(
-    run: VerifyRun, url: str, registry: str, job: str = DEFAULT_PUSHGATEWAY_JOB, timeout: float = 10.0
+    run: VerifyRun, url: str, registry: str, job: str = DEFAULT_PUSHGATEWAY_JOB, timeout: float = 10.0,
+    unread: t.Optional[str] = None,
 ) -> t.Optional[str]:
-    """Push a run's metrics to a Pushgateway, replacing the group job + registry; a warning, or None.
+    """Push a run's metrics to a Pushgateway, replacing the group job + registry; one warning, or None.
 
     A Pushgateway that is down must never hide the verdict or change it: the caller reports the
-    returned sentence as a warning and carries on with the run's own outcome.
+    returned sentence as a warning and carries on with the run's own outcome. ``unread`` is
+    load_previous_run's warning: a Pushgateway that is down fails the read and the push alike, and
+    the two are said in one warning.
     """
     try:
         push_metrics(url, job, {"registry": registry}, run.metrics, timeout=timeout)
     except PushError as exc:
-        return f"{exc} The metrics of this run were not pushed; the verdict is unchanged."
-    return None
+        warning = f"{exc} The metrics of this run were not pushed; the verdict is unchanged."
+        if unread:
+            warning += " Nor were the failure count and broken images of earlier runs read from it."
+        return warning
+    return unread

@@ -140,9 +140,9 @@ options:
         broken images and the files are those of the verification alone.
       - Pushed in check mode too. Scrape the Pushgateway with C(honor_labels) set to V(true) so the C(registry) label
         is kept.
-      - Without O(report_path), the state carried from one run to the next (the consecutive failed runs, the last
-        successful run, the images last found broken) is read back from this group before the run, so the alerts
-        work for a probe that keeps no files. A group that cannot be read is one warning; the run then starts from
+      - Without a report of this registry at O(report_path) (none given, or a first run), the state carried from one
+        run to the next (the consecutive failed runs, the last successful run, the images last found broken) is read
+        back from this group before the run, so the alerts work for a probe that keeps no files. A group that cannot be read is one warning; the run then starts from
         no earlier state.
     type: str
   pushgateway_job:
@@ -479,7 +479,7 @@ from ..module_utils._manifest_walk import ManifestCache, ManifestWalker
 from ..module_utils._registry_client import REQUESTS_IMPORT_ERROR, RegistryError
 from ..module_utils._registry_options import build_registry_client, registry_connection_argument_spec
 from ..module_utils._report_files import Metric, pushgateway_url_problem, redact_url, write_json_report, write_metrics
-from ..module_utils._verify_report import push_run_metrics, read_previous_push, read_previous_run, run_verification
+from ..module_utils._verify_report import load_previous_run, push_run_metrics, run_verification
 
 
 def _argument_spec() -> t.Dict[str, t.Any]:
@@ -579,11 +579,9 @@ def main() -> None:
         cache=cache,
     )
     # The previous run's state: the report file, or where none is kept (an AWX job), the last push.
-    previous = read_previous_run(params["report_path"], client.base_url)
-    unread_push: t.Optional[str] = None
-    if not params["report_path"] and params["pushgateway_url"]:
-        previous, unread_push = read_previous_push(params["pushgateway_url"], client.host,
-                                                   job=params["pushgateway_job"], timeout=float(params["timeout"]))
+    previous, unread_push = load_previous_run(params["report_path"], client.base_url, client.host,
+                                              params["pushgateway_url"], params["pushgateway_job"],
+                                              timeout=float(params["timeout"]))
     try:
         run = run_verification(
             client, walker, images=images, repositories=params["repositories"],
@@ -595,12 +593,9 @@ def main() -> None:
     _write_outputs(module, run.report, run.metrics)
     if params["pushgateway_url"]:
         warning = push_run_metrics(run, params["pushgateway_url"], client.host, job=params["pushgateway_job"],
-                                   timeout=float(params["timeout"]))
-        # A Pushgateway that is down fails the read and the push alike: one warning says both.
-        if warning and unread_push:
-            warning += " Nor were the failure count and broken images of earlier runs read from it."
-        if warning or unread_push:
-            module.warn(warning or t.cast(str, unread_push))
+                                   timeout=float(params["timeout"]), unread=unread_push)
+        if warning:
+            module.warn(warning)
     if run.result is None:
         module.fail_json(msg=run.error, ok=False, verified=False, images=run.report["images"],
                          verdicts=run.report["verdicts"])

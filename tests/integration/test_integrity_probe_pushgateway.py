@@ -129,6 +129,24 @@ def test_the_module_carries_failed_runs_and_broken_images_through_the_pushgatewa
     assert samples(pushgateway, "registry_verify_image_broken_carried") == {image: 0.0}
 
 
+def test_a_probe_that_starts_afresh_each_run_carries_its_state_through_the_pushgateway(
+    registry_basic: RegistryServer, make_pusher: t.Callable[..., ImagePusher], pushgateway: Service,
+    tmp_path: pathlib.Path,
+) -> None:
+    """A Kubernetes CronJob's container has an empty report directory every run."""
+    reproduce_incident(registry_basic, make_pusher(registry_basic))
+    group = {("job", "selfhosted_registry_probe"), ("registry", registry_basic.host)}
+    image = frozenset(group | {("repository", "infra-ci"), ("tag", "latest")})
+    for run_number, password in enumerate([registry_basic.readonly_password, "rotated", "rotated"]):
+        probe = Probe(tmp_path / f"container-{run_number}", registry_basic.url)  # nothing left from the last run
+        probe.set_credentials(registry_basic.readonly_username or "", password or "")
+        run = probe.run("--pushgateway-url", pushgateway.url)
+        assert run.returncode == (1 if run_number == 0 else 2) and not run.stderr, run.stdout + run.stderr
+    assert samples(pushgateway, "registry_verify_failed_runs") == {frozenset(group): 2.0}
+    assert samples(pushgateway, "registry_verify_image_broken") == {image: 1.0}
+    assert samples(pushgateway, "registry_verify_image_broken_carried") == {image: 1.0}
+
+
 def test_the_roles_probe_command_pushes_when_the_variable_is_set(
     registry: RegistryServer, pusher: ImagePusher, pushgateway: Service, tmp_path: pathlib.Path
 ) -> None:
