@@ -174,7 +174,7 @@ class ImagePusher:
         self.session = requests.Session()
         self.session.verify = server.verify
         self.session.headers["User-Agent"] = "selfhosted-registry-test-pusher"
-        if server.auth == "basic" and self.username is not None:
+        if server.basic_auth and self.username is not None:
             self.session.auth = (self.username, self.password or "")
         self._tokens: dict[str, tuple[str, float]] = {}
         self._bearer: dict[str, str] | None = None

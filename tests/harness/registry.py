@@ -31,6 +31,9 @@ from .token_issuer import FULL_ACCESS, PULL_ONLY, TokenIssuer, TokenUser
 REGISTRY_BINARY = os.environ.get("SELFHOSTED_REGISTRY_BINARY", "/usr/bin/docker-registry")
 HTPASSWD_BINARY = os.environ.get("SELFHOSTED_HTPASSWD_BINARY", "/usr/bin/htpasswd")
 AUTH_MODES = ("anonymous", "basic", "token", "tls")
+# Not in AUTH_MODES (which the any_registry fixture runs every test under): htpasswd auth over HTTPS,
+# the way clients meet a production registry.
+BASIC_TLS = "basic-tls"
 
 # Generous bounds for a process that starts in well under a second: they only stop a hung test.
 START_TIMEOUT = 30.0
@@ -100,7 +103,12 @@ class RegistryServer:
     # -- addresses ---------------------------------------------------------------------------
     @property
     def scheme(self) -> str:
-        return "https" if self.auth == "tls" else "http"
+        return "https" if self.auth in ("tls", BASIC_TLS) else "http"
+
+    @property
+    def basic_auth(self) -> bool:
+        """htpasswd users: ``username``/``password`` and ``readonly_*``."""
+        return self.auth in ("basic", BASIC_TLS)
 
     @property
     def host(self) -> str:
@@ -326,8 +334,8 @@ def start_registry(
 
     The caller owns the result and must call ``close()`` (the pytest fixtures do).
     """
-    if auth not in AUTH_MODES:
-        raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {auth!r}")
+    if auth not in (*AUTH_MODES, BASIC_TLS):
+        raise ValueError(f"auth must be one of {', '.join((*AUTH_MODES, BASIC_TLS))}, not {auth!r}")
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     storage_root = workdir / "storage"
@@ -343,7 +351,7 @@ def start_registry(
         config=config,
     )
 
-    if auth == "basic":
+    if auth in ("basic", BASIC_TLS):
         server.username, server.password = "ci-pusher", secrets.token_urlsafe(18)
         server.readonly_username, server.readonly_password = "ci-reader", secrets.token_urlsafe(18)
         htpasswd = workdir / "htpasswd"
@@ -374,7 +382,7 @@ def start_registry(
                 "rootcertbundle": str(issuer.rootcertbundle),
             }
         }
-    elif auth == "tls":
+    if auth in ("tls", BASIC_TLS):
         tls = make_server_tls(workdir / "tls")
         server.ca_path = tls.ca.cert_path
         config["http"]["tls"] = {"certificate": str(tls.server.cert_path), "key": str(tls.server.key_path)}

@@ -12,7 +12,6 @@ verdict, the set_stats artifacts a workflow's next node gets, and no secret anyw
 
 from __future__ import annotations
 
-import fcntl
 import json
 import pathlib
 import typing as t
@@ -20,8 +19,8 @@ import typing as t
 import jinja2
 import pytest
 
-from tests.harness.awx_docker import DockerDaemon, start_docker
-from tests.harness.awx_runner import Job, build_ee, controller_inventory, run_job
+from tests.harness.awx_docker import DockerDaemon
+from tests.harness.awx_runner import Job, controller_inventory, run_job
 from tests.harness.images import ImagePusher
 from tests.harness.incident import reproduce_incident
 from tests.harness.pushgateway import samples, start_pushgateway
@@ -33,20 +32,6 @@ from tests.integration.test_playbooks_rebuild_ci import PlayedPipeline, _ci_push
 from tests.integration.test_playbooks_rebuild_on_host import make_source_repo
 
 pytestmark = pytest.mark.slow
-LOCK = "/run/docker-awx.lock"  # one session at a time drives the AWX tests' engine
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[tuple[DockerDaemon, str]]:
-    with open(LOCK, "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        daemon = start_docker(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
-        try:
-            yield daemon, build_ee(daemon)
-        finally:
-            daemon.stop()
-
-
 def inject(kind: str, **inputs: str) -> tuple[dict[str, str], dict[str, str]]:
     """A credential of the shipped type ``kind``: its env and extra_vars, rendered as AWX renders injectors."""
     injectors = objects()["awx_credential_types"][kind]["injectors"]
