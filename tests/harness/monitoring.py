@@ -108,12 +108,16 @@ class Prometheus(Service):
 
 
 def start_prometheus(workdir: pathlib.Path, target: str, rule_files: list[pathlib.Path],
-                     interval: str = "2s") -> Prometheus:
-    """Debian's prometheus scraping ``target`` (host:port) every ``interval`` with ``rule_files`` loaded."""
+                     interval: str = "2s", job_name: str = "node", honor_labels: bool = False) -> Prometheus:
+    """Debian's prometheus scraping ``target`` (host:port) every ``interval`` with ``rule_files`` loaded.
+    ``honor_labels`` keeps the scraped series' own labels (what a Pushgateway's scrape needs)."""
+    scrape: dict[str, t.Any] = {"job_name": job_name, "static_configs": [{"targets": [target]}]}
+    if honor_labels:
+        scrape["honor_labels"] = True
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(path) for path in rule_files],
-        "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [scrape],
     }
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
