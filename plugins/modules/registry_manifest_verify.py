@@ -142,7 +142,8 @@ options:
         is kept.
       - Without a report of this registry at O(report_path) (none given, or a first run), the state carried from one
         run to the next (the consecutive failed runs, the last successful run, the images last found broken) is read
-        back from this group before the run, so the alerts work for a probe that keeps no files. A group that cannot be read is one warning; the run then starts from
+        back from this group before the run, so the alerts work for a probe that keeps no files. A group that cannot
+        be read is one warning; the run then starts from
         no earlier state.
     type: str
   pushgateway_job:
@@ -336,10 +337,11 @@ images:
       sample: false
     verdict:
       description:
-        - V(ok); V(broken) (the registry answered and an object is missing or damaged; wins over unverified);
-          V(unverified) (the registry did not answer for an object: throttled, 5xx after retries, timed out,
-          refused, credentials rejected; also every image when the registry could not be read at all);
-          V(not_found) (the tag or digest asked for does not exist).
+        - >-
+          V(ok); V(broken) (the registry answered and an object is missing or damaged; wins over unverified);
+          V(unverified) (the registry did not answer for an object, because it throttled, failed with 5xx after
+          retries, timed out, refused or rejected the credentials; also every image when the registry could not be
+          read at all); V(not_found) (the tag or digest asked for does not exist).
         - Only V(broken) images need a rebuild.
       type: str
       choices: [ok, broken, unverified, not_found]

@@ -32,6 +32,8 @@ from tests.integration.test_playbooks_rebuild_ci import PlayedPipeline, _ci_push
 from tests.integration.test_playbooks_rebuild_on_host import make_source_repo
 
 pytestmark = pytest.mark.slow
+
+
 def inject(kind: str, **inputs: str) -> tuple[dict[str, str], dict[str, str]]:
     """A credential of the shipped type ``kind``: its env and extra_vars, rendered as AWX renders injectors."""
     injectors = objects()["awx_credential_types"][kind]["injectors"]

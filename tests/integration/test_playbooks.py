@@ -291,8 +291,9 @@ def test_verify_ends_by_running_the_probe_on_the_registry_host_so_the_alert_clea
     pusher.push_index("infra-ci", "latest", platforms=("linux/amd64", "linux/arm64"), attestations=True,
                       shared_layers=incident.keep_image.layers[:1])  # the rebuild
 
-    run = run_local_playbook("verify.yml", tmp_path, _vars(registry, registry_images="infra-ci:latest",
-                                                          registry_blob_check="read", verify_probe_command=str(command)))
+    extra = _vars(registry, registry_images="infra-ci:latest", registry_blob_check="read",
+                  verify_probe_command=str(command))
+    run = run_local_playbook("verify.yml", tmp_path, extra)
 
     assert run.returncode == 0, run.explain()
     assert "probe on registry-vm: SUMMARY verified=yes images=" in run.stdout, run.explain()

@@ -145,13 +145,15 @@ def test_the_step_fails_as_unverified_when_the_registry_rejects_the_reader(
 
 # ---- the Kubernetes CronJob ---------------------------------------------------------------------
 
-CRONJOB_FILE = TOP / "docs" / "kubernetes" / "registry-probe-cronjob.yml"
+MANIFESTS = TOP / "docs" / "kubernetes" / "registry-probe"
 # The oldest Kubernetes release still in support when this was written, and the newest the schemas know.
 KUBERNETES_VERSIONS = ("1.31.0", "1.37.0")
 
 
-def manifests() -> list[dict[str, t.Any]]:
-    return list(yaml.safe_load_all(CRONJOB_FILE.read_text()))
+def manifests() -> dict[str, dict[str, t.Any]]:
+    """The documented manifests by kind (one per file: kubectl apply -f the directory)."""
+    documents = [yaml.safe_load(path.read_text()) for path in sorted(MANIFESTS.glob("*.yml"))]
+    return {document["kind"]: document for document in documents}
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -159,10 +161,11 @@ def test_the_kubernetes_manifests_validate_against_the_kubernetes_schema(version
     import kubernetes_validate
 
     documents = manifests()
-    assert [document["kind"] for document in documents] == ["Secret", "ConfigMap", "CronJob"]
-    for document in documents:
+    assert sorted(documents) == ["ConfigMap", "CronJob", "Secret"]
+    for document in documents.values():
         kubernetes_validate.validate(document, version, strict=True)  # raises naming the field that is wrong
-    broken = dict(documents[2], spec=dict(documents[2]["spec"], schedule=15))
+    cronjob = documents["CronJob"]
+    broken = dict(cronjob, spec=dict(cronjob["spec"], schedule=15))
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, version, strict=True)
 
@@ -173,7 +176,7 @@ class Container(t.NamedTuple):
 
 
 def cronjob_container() -> Container:
-    cronjob = manifests()[2]
+    cronjob = manifests()["CronJob"]
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     return Container(container, pod)
