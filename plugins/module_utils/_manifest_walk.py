@@ -360,7 +360,9 @@ class ManifestWalker:
         media_type = node.media_type
         if media_type in INDEX_MEDIA_TYPES:
             if depth >= _MAX_INDEX_DEPTH:
-                node.problem = RegistryError(f"{node.what} nests indexes deeper than {_MAX_INDEX_DEPTH}.", 200)
+                node.problem = RegistryError(
+                    f"{node.what} nests indexes deeper than the {_MAX_INDEX_DEPTH} levels this verifier walks;"
+                    " what is below was not checked.", 200, beyond_our_limits=True)
                 return
             self._index_edges(node, repository, document, depth)
         elif media_type in IMAGE_MEDIA_TYPES:

@@ -76,12 +76,15 @@ class RegistryError(Exception):
         status: t.Optional[int] = None,
         error_code: t.Optional[str] = None,
         digest: t.Optional[str] = None,
+        beyond_our_limits: bool = False,
     ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.error_code = error_code
         self.digest = digest  # the object's digest when the answer told it (a hashed body, Docker-Content-Digest)
+        # Content this client declines to walk for a limit of its own: not verified, never a verdict of damage.
+        self.beyond_our_limits = beyond_our_limits
 
     @property
     def says_nothing_about_the_object(self) -> bool:
@@ -90,8 +93,11 @@ class RegistryError(Exception):
         No answer at all, a rejected or refused credential, throttling, a server error after retries or a
         redirect that was not followed tell nothing about whether the object is there: the object could
         not be verified, which is a different verdict from broken. A 404, a body that does not hash to its
-        digest or content that is not a manifest is the object's own problem.
+        digest or content that is not a manifest is the object's own problem. Neither is content beyond a
+        limit of this client's own (indexes nested deeper than it walks): that is not verified either.
         """
+        if self.beyond_our_limits:
+            return True
         status = self.status
         return status is None or status in _UNVERIFIABLE_STATUSES or status >= 500 or status in REDIRECT_STATUSES
 

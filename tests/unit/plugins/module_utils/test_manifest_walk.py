@@ -434,3 +434,13 @@ def test_credentials_refused_in_the_middle_of_a_walk_are_unverified_not_broken(f
     assert sorted((u.digest, u.status) for u in result.unverified) == sorted([(denied, 403), (challenged, 401)])
     assert f"app:v1: Registry 127.0.0.1:{fake.port} rejected the credentials for layer blob {challenged}." in [
         u.message for u in result.unverified]
+
+
+def test_indexes_nested_deeper_than_the_walk_goes_are_unverified_never_broken(fake: FakeRegistry) -> None:
+    descriptor = fake.add_image("app", [b"layer"])
+    for level in range(6):
+        descriptor = fake.add_index("app", [(descriptor, {"platform": {"os": "linux", "architecture": "amd64"}})],
+                                    tag="deep" if level == 5 else None)
+    result = walk(fake, "app:deep")
+    assert not result.broken and result.images[0].verdict == "unverified"
+    assert "nests indexes deeper than the 4 levels this verifier walks" in result.unverified[0].message
