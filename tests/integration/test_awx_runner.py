@@ -277,8 +277,10 @@ def test_investigate_job_lists_the_broken_tags_and_passes_them_on(
                  "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci"}}}
     job = run_on_the_vm(engine, registry, sshd_server, tmp_path, "investigate.yml", extravars)
     assert job.status == "failed", job.explain()
-    assert job.artifacts == {"registry_images": [f"{incident.repository}:{incident.tag}"]}, job.explain()
-    assert f"{incident.repository}:{incident.tag} -> rerun ops/infra-ci" in job.stdout, job.explain()
+    broken = f"{incident.repository}:{incident.tag}"
+    assert job.artifacts["registry_images"] == [broken], job.explain()
+    assert job.artifacts["registry_verdicts"]["broken"] == [broken] and not job.artifacts["registry_verdicts"]["unverified"]
+    assert f"{broken} -> rerun ops/infra-ci" in job.stdout, job.explain()
 
 
 def test_the_probe_job_pushes_its_metrics_to_the_pushgateway(
