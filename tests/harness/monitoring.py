@@ -108,17 +108,21 @@ class Prometheus(Service):
 
 
 def start_prometheus(workdir: pathlib.Path, target: str, rule_files: list[pathlib.Path],
-                     interval: str = "2s", job_name: str = "node", honor_labels: bool = False) -> Prometheus:
+                     interval: str = "2s", job_name: str = "node", honor_labels: bool = False,
+                     alertmanager: str | None = None) -> Prometheus:
     """Debian's prometheus scraping ``target`` (host:port) every ``interval`` with ``rule_files`` loaded.
-    ``honor_labels`` keeps the scraped series' own labels (what a Pushgateway's scrape needs)."""
+    ``honor_labels`` keeps the scraped series' own labels (what a Pushgateway's scrape needs);
+    ``alertmanager`` (host:port) is where it sends its alerts."""
     scrape: dict[str, t.Any] = {"job_name": job_name, "static_configs": [{"targets": [target]}]}
     if honor_labels:
         scrape["honor_labels"] = True
-    config = {
+    config: dict[str, t.Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(path) for path in rule_files],
         "scrape_configs": [scrape],
     }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     check = subprocess.run(["promtool", "check", "config", str(config_path)], capture_output=True, text=True,
@@ -156,3 +160,25 @@ def start_cron(workdir: pathlib.Path, cron_dir: pathlib.Path) -> Service:
     if service.process.poll() is not None:
         raise ServiceStartError(f"cron exited with {service.process.returncode}:\n{service.log_tail()}")
     return service
+
+
+class Alertmanager(Service):
+    def alerts(self) -> list[dict[str, t.Any]]:
+        """The alerts Alertmanager holds, as its own API reports them."""
+        return list(requests.get(self.url + "/api/v2/alerts", timeout=10).json())
+
+
+def start_alertmanager(workdir: pathlib.Path, config: dict[str, t.Any]) -> Alertmanager:
+    """Debian's prometheus-alertmanager with ``config``, alone (no cluster), on a free loopback port."""
+    config_path = workdir / "alertmanager.yml"
+    config_path.write_text(yaml.safe_dump(config))
+    check = subprocess.run(["amtool", "check-config", str(config_path)], capture_output=True, text=True, check=False)
+    if check.returncode != 0:
+        raise ServiceStartError(f"amtool rejects the Alertmanager config:\n{check.stdout}{check.stderr}")
+    port = free_port()
+    service = _spawn("alertmanager", [
+        "prometheus-alertmanager", f"--config.file={config_path}", f"--storage.path={workdir / 'alertmanager'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+    ], workdir / "alertmanager.log", port)
+    alertmanager = Alertmanager(service.name, service.process, service.log_path, service.port)
+    return t.cast(Alertmanager, _wait_http(alertmanager, "/-/ready"))

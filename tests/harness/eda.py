@@ -1,0 +1,65 @@
+# Copyright: selfhosted.registry contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""ansible-rulebook from PyPI (in .cache/eda-venv, made by scripts/bootstrap) running a rulebook, its
+webhook source on a loopback port; started and stopped by PID like every other part."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import typing as t
+
+import yaml
+
+from .monitoring import Service, ServiceStartError
+from .registry import free_port
+
+TOP = pathlib.Path(__file__).resolve().parents[2]
+EDA_BIN = TOP / ".cache" / "eda-venv" / "bin"
+JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
+START_TIMEOUT = 120.0  # the JVM and the drools engine start slowly on a busy machine
+
+
+class Rulebook(Service):
+    """A running ansible-rulebook and where its webhook listens."""
+
+    token: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/endpoint"
+
+
+def start_rulebook(workdir: pathlib.Path, rulebook: str, inventory: pathlib.Path, token: str,
+                   env: t.Mapping[str, str]) -> Rulebook:
+    """ansible-rulebook -r ``rulebook`` -i ``inventory``, its webhook on a free port with bearer ``token``;
+    ``env`` adds to its environment (credentials, ANSIBLE_* settings), as a service's unit file would."""
+    port = free_port()
+    variables = workdir / "heal-vars.yml"
+    variables.write_text(yaml.safe_dump({"heal_webhook_host": "127.0.0.1", "heal_webhook_port": port,
+                                         "heal_webhook_token": token}))
+    variables.chmod(0o600)
+    environment = {**os.environ, **env, "JAVA_HOME": JAVA_HOME,
+                   "PATH": f"{EDA_BIN}:{TOP / '.venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    log_path = workdir / "rulebook.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(EDA_BIN / "ansible-rulebook"), "-r", rulebook, "-i", str(inventory), "--vars", str(variables), "-v"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=environment,
+            start_new_session=True)
+    service = Rulebook("ansible-rulebook", process, log_path, port)
+    service.token = token
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceStartError(f"ansible-rulebook exited with {process.returncode}:\n{service.log_tail()}")
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return service
+        time.sleep(0.5)
+    service.stop()
+    raise ServiceStartError(f"ansible-rulebook's webhook did not listen within {START_TIMEOUT:.0f} s:\n{service.log_tail()}")
