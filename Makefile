@@ -30,7 +30,7 @@ help:  ## this list
 setup:  ## install system packages, the virtualenv and the collection tree (idempotent)
 	@[ -n "$${SETUP_DONE:-}" ] || scripts/bootstrap
 
-demo: setup  ## throwaway registry, the incident reproduced, the verifier's diagnosis
+demo: setup  ## throwaway registry, the incident reproduced, diagnosed, then healed by the loop
 	scripts/demo
 
 test: setup  ## every check, as CI runs it; stops at the first failure

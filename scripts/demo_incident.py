@@ -1,11 +1,14 @@
 # Copyright: selfhosted.registry contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""`make demo`: the incident on a throwaway registry, and the verifier's diagnosis.
+"""`make demo`: the incident on a throwaway registry, the verifier's diagnosis, and the loop that heals it.
 
 Starts the real registry on 127.0.0.1 (tests/harness), pushes a multi-arch image, verifies it,
 breaks it exactly as the nightly job did (registry stopped, `garbage-collect --delete-untagged`,
-registry started), then verifies again with ansible-playbook. Exits 0 only when the second run
-failed and named exactly the child manifests the garbage collector removed.
+registry started), then verifies again with ansible-playbook, which must fail naming exactly the
+child manifests the garbage collector removed. Then the loop heals it: Alertmanager's notification
+posted to the shipped rulebook (ansible-rulebook; where Java or the rulebook is missing, the phase
+playbooks in order), which diagnoses, decides, rebuilds through CI (the tests' Woodpecker stand-in,
+whose pipeline pushes the image again) and verifies. Exits 0 only when the image verifies again.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.harness.eda import EDA_BIN, JAVA_HOME, alertmanager_notification, post_notification, start_rulebook  # noqa: E402
 from tests.harness.images import ImagePusher, make_layer  # noqa: E402
-from tests.harness.registry import start_registry  # noqa: E402
+from tests.harness.registry import RegistryServer, start_registry  # noqa: E402
+from tests.harness.woodpecker_server import FakeWoodpecker, PlayedPipeline  # noqa: E402
 
 PLAYBOOK = REPO_ROOT / "scripts" / "demo_verify.yml"
 
@@ -95,11 +100,89 @@ def main() -> int:
             f" manifests answer 404 MANIFEST_UNKNOWN and the {len(expected) - len(missing_children)} configs and"
             " layers only they used answer 404 BLOB_UNKNOWN; infra-ci:base (sharing the base layer) is intact.")
         print("    The same check runs from a playbook, a cron probe (report_path, metrics_path) or CI.")
+
+        if not heal(server, pusher, base, workdir):
+            return 1
+        code, report = run_verify(server.url, workdir / "healed.json", workdir / "manifests")
+        if code != 0 or not report.get("ok"):
+            print("demo: the image does not verify after the loop; see the output above", file=sys.stderr)
+            return 1
+        say("Healed: infra-ci:latest verifies end to end again (every child, config and layer).")
         print(f"    Demo took {time.monotonic() - started:.0f} s.")
         return 0
     finally:
         server.close()  # stopped by PID
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def heal(server: RegistryServer, pusher: ImagePusher, base: bytes, workdir: pathlib.Path) -> bool:
+    """The loop: the notification to the rulebook, or the phase playbooks in order; prints the timeline."""
+    started = time.monotonic()
+    timeline: list[tuple[float, str]] = []
+
+    def mark(what: str) -> None:
+        timeline.append((time.monotonic() - started, what))
+
+    def ci_push() -> None:
+        mark("CI pipeline started by rebuild_ci: pushing infra-ci:latest again")
+        ImagePusher(server, check_existing=True).push_index("infra-ci", "latest", shared_layers=[base], seed="rebuilt")
+
+    state = workdir / "heal"
+    token = "demo-" + os.urandom(8).hex()
+    with FakeWoodpecker() as ci:
+        ci.add_user(token)
+        repo_id = ci.add_repo("ops", "infra-ci", push=[token])
+        ci.plan(repo_id, ["pending", "running"])
+        inventory = workdir / "inventory.yml"
+        inventory.write_text(json.dumps({"all": {
+            "hosts": {"localhost": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}},
+            "children": {"registry_vm": {"hosts": {"registry-vm": {
+                "ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3"}}}},
+            "vars": {"registry_url": server.url, "registry_storage_root": str(server.storage_root),
+                     "woodpecker_url": ci.url, "rebuild_poll_interval": 0.2, "verify_run_probe": False,
+                     "rebuild_pipelines": {"infra-ci": {"repo": "ops/infra-ci", "branch": "main"}},
+                     "heal_auto_rebuild": True, "heal_state_dir": str(state)}}}))  # JSON is YAML
+        env = {"WOODPECKER_TOKEN": token, "ANSIBLE_PYTHON_INTERPRETER": sys.executable}
+        with PlayedPipeline(ci, repo_id, ci_push) as pipeline:
+            rulebook_here = (EDA_BIN / "ansible-rulebook").exists() and pathlib.Path(JAVA_HOME, "bin", "java").exists()
+            if rulebook_here and not os.environ.get("DEMO_WITHOUT_RULEBOOK"):
+                say("The loop: Alertmanager's notification -> the shipped rulebook (diagnose, guard rails,"
+                    " rebuild through CI, verify)")
+                rulebook = start_rulebook(workdir, "selfhosted.registry.registry_heal", inventory, token, env)
+                try:
+                    mark("rulebook listening (ansible-rulebook, Java 17)")
+                    post_notification(rulebook, alertmanager_notification("firing", "demo"))
+                    mark("RegistryManifestIntegrityFailure firing: notification posted")
+                    deadline = time.monotonic() + 300
+                    while time.monotonic() < deadline and not _verified(rulebook.log_path):
+                        time.sleep(0.5)
+                    mark("verify finished")
+                finally:
+                    rulebook.stop()
+                for line in (state / "decisions.jsonl").read_text().splitlines() if (state / "decisions.jsonl").exists() else []:
+                    decision = json.loads(line)
+                    print(f"    decision: {decision['decision']} {', '.join(decision['images'])} ({decision['reason']})")
+            else:
+                say("The loop without Java: the phase playbooks in order (diagnose, rebuild_ci, verify)")
+                for playbook, extra in (("diagnose", {"registry_images": "infra-ci:latest", "diagnose_fail_when_broken": False}),
+                                        ("rebuild_ci", {"registry_images": "infra-ci:latest"}),
+                                        ("verify", {"registry_images": "infra-ci:latest", "registry_blob_check": "read"})):
+                    subprocess.run([str(pathlib.Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
+                                    str(REPO_ROOT / "playbooks" / f"{playbook}.yml"), "-e", json.dumps(extra)],
+                                   env={**os.environ, **env}, check=False, stdout=subprocess.DEVNULL)
+                    mark(f"{playbook}.yml finished")
+    if pipeline.error is not None:
+        print(f"demo: the CI pipeline was not played: {pipeline.error}", file=sys.stderr)
+        return False
+    say("Timeline of the loop (seconds from the diagnosis):")
+    for when, what in sorted(timeline):
+        print(f"    {when:5.1f}  {what}")
+    return True
+
+
+def _verified(log: pathlib.Path) -> bool:
+    """The rulebook's verify step has printed its verdict line."""
+    return log.exists() and "image(s) checked" in log.read_text(errors="replace")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ webhook source on a loopback port; started and stopped by PID like every other p
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import socket
 import subprocess
 import time
 import typing as t
+import urllib.request
 
 import yaml
 
@@ -63,3 +65,25 @@ def start_rulebook(workdir: pathlib.Path, rulebook: str, inventory: pathlib.Path
         time.sleep(0.5)
     service.stop()
     raise ServiceStartError(f"ansible-rulebook's webhook did not listen within {START_TIMEOUT:.0f} s:\n{service.log_tail()}")
+
+
+def alertmanager_notification(status: str, fingerprint: str, repository: str = "infra-ci",
+                              tag: str = "latest") -> dict[str, t.Any]:
+    """What Alertmanager posts (webhook version 4) for RegistryManifestIntegrityFailure on one image, grouped
+    as docs/alertmanager/registry-heal.yml groups it (alert name, repository, tag)."""
+    labels = {"alertname": "RegistryManifestIntegrityFailure", "repository": repository, "tag": tag,
+              "severity": "critical"}
+    return {"version": "4", "status": status, "receiver": "registry-heal", "groupKey": f"{{}}:{labels}",
+            "groupLabels": {key: labels[key] for key in ("alertname", "repository", "tag")},
+            "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://alertmanager.invalid",
+            "alerts": [{"status": status, "labels": labels, "annotations": {}, "fingerprint": fingerprint,
+                        "startsAt": "2026-12-07T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}]}
+
+
+def post_notification(rulebook: Rulebook, payload: dict[str, t.Any]) -> None:
+    """POST it to the rulebook's webhook as Alertmanager does, with the bearer token."""
+    request = urllib.request.Request(rulebook.endpoint, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {rulebook.token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # raises on anything but 2xx
+        answer.read()

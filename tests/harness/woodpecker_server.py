@@ -582,3 +582,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+
+# A hang guard for the pipeline thread, not an assertion on time.
+PIPELINE_GUARD_SECONDS = 300
+
+
+class PlayedPipeline(threading.Thread):
+    """A CI pipeline played by a thread of the caller: waits until the playbook has started a pipeline in ``repo_id`` (numbered above ``after``) and read
+    it at least once (it is waiting), runs ``build`` (the push), then sets the pipeline to ``final_status``."""
+
+    def __init__(self, fake: FakeWoodpecker, repo_id: int, build: t.Callable[[], None], final_status: str = "success",
+                 after: int = 0):
+        super().__init__(daemon=True)
+        self.fake, self.repo_id, self.build, self.final_status = fake, repo_id, build, final_status
+        self.after = after
+        self.error: BaseException | None = None
+        self.number: int | None = None
+
+    def _polled(self, number: int) -> bool:
+        path = f"/api/repos/{self.repo_id}/pipelines/{number}"
+        return any(request.path == path for request in self.fake.api_requests("GET"))
+
+    def run(self) -> None:
+        try:
+            deadline = time.monotonic() + PIPELINE_GUARD_SECONDS
+            while time.monotonic() < deadline:
+                pipelines = self.fake.repos[self.repo_id].pipelines
+                if pipelines and max(pipelines) > self.after and self._polled(max(pipelines)):
+                    self.number = max(pipelines)
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError("the playbook never started and polled a pipeline")
+            self.build()
+            self.fake.advance(self.repo_id, self.number, self.final_status)
+        except BaseException as error:  # reported by the test
+            self.error = error
+
+    def __enter__(self) -> PlayedPipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.join(timeout=PIPELINE_GUARD_SECONDS)

@@ -28,7 +28,8 @@ from tests.harness.registry import RegistryServer
 from tests.harness.sshd import SshServer
 from tests.integration.test_awx_job_templates import objects
 from tests.integration.conftest import CI
-from tests.integration.test_playbooks_rebuild_ci import PlayedPipeline, _ci_push
+from tests.harness.woodpecker_server import PlayedPipeline
+from tests.integration.test_playbooks_rebuild_ci import _ci_push
 from tests.integration.test_playbooks_rebuild_on_host import make_source_repo
 
 pytestmark = pytest.mark.slow

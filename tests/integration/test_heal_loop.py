@@ -20,10 +20,9 @@ import time
 import typing as t
 
 import pytest
-import requests
 import yaml
 
-from tests.harness.eda import Rulebook, start_rulebook
+from tests.harness.eda import Rulebook, alertmanager_notification, post_notification, start_rulebook
 from tests.harness.images import ImagePusher
 from tests.harness.incident import reproduce_incident
 from tests.harness.monitoring import Service, start_alertmanager, start_node_exporter, start_prometheus
@@ -31,7 +30,8 @@ from tests.harness.probe import Probe
 from tests.harness.registry import RegistryServer
 from tests.integration.conftest import CI
 from tests.integration.test_detection_drill import RULES, alert_names, wait_until
-from tests.integration.test_playbooks_rebuild_ci import PlayedPipeline, _ci_push
+from tests.harness.woodpecker_server import PlayedPipeline
+from tests.integration.test_playbooks_rebuild_ci import _ci_push
 from tests.integration.test_playbooks_support import CONTROLLER_PYTHON, HOST_PYTHON, COLLECTIONS
 
 pytestmark = pytest.mark.slow
@@ -188,7 +188,7 @@ def test_rejected_credentials_and_a_second_firing_start_no_rebuild(
            "REGISTRY_PASSWORD": "rotated-" + (registry_basic.readonly_password or "")}
     rulebook = start_rulebook(tmp_path, RULEBOOK, inventory, token, env)
     try:
-        notify(rulebook, "firing", "fp-1")
+        post_notification(rulebook, alertmanager_notification("firing", "fp-1"))
         wait_until("the notify-only decision", lambda: decisions(state), GUARD)
         (decision,) = decisions(state)
         assert decision["decision"] == "notify" and decision["fingerprints"] == ["fp-1"], decision
@@ -199,7 +199,7 @@ def test_rejected_credentials_and_a_second_firing_start_no_rebuild(
         rulebook.stop()
         rulebook = start_rulebook(tmp_path, RULEBOOK, inventory, token,
                                   {**env, "REGISTRY_PASSWORD": registry_basic.readonly_password or ""})
-        notify(rulebook, "firing", "fp-2")
+        post_notification(rulebook, alertmanager_notification("firing", "fp-2"))
         wait_until("the second decision", lambda: len(decisions(state)) == 2, GUARD)
         second = decisions(state)[1]
         assert second["decision"] == "notify" and "already rebuilt by the loop within" in second["reason"], second
@@ -207,17 +207,3 @@ def test_rejected_credentials_and_a_second_firing_start_no_rebuild(
         assert (registry_basic.readonly_password or "") not in rulebook.log_path.read_text()
     finally:
         rulebook.stop()
-
-
-def notify(rulebook: Rulebook, status: str, fingerprint: str) -> None:
-    """What Alertmanager posts for RegistryManifestIntegrityFailure on infra-ci:latest (webhook version 4)."""
-    labels = {"alertname": "RegistryManifestIntegrityFailure", "repository": "infra-ci", "tag": "latest",
-              "severity": "critical", "registry": "r"}
-    payload = {"version": "4", "status": status, "receiver": "registry-heal", "groupKey": "{}:{}",
-               "groupLabels": {"alertname": labels["alertname"], "repository": "infra-ci", "tag": "latest"},
-               "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://alertmanager",
-               "alerts": [{"status": status, "labels": labels, "annotations": {}, "fingerprint": fingerprint,
-                           "startsAt": "2026-12-07T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z"}]}
-    answer = requests.post(rulebook.endpoint, json=payload, timeout=10,
-                           headers={"Authorization": f"Bearer {rulebook.token}"})
-    assert answer.status_code == 200, answer.text

@@ -19,53 +19,9 @@ from tests.harness.images import ImagePusher, make_layer
 from tests.harness.incident import Incident
 from tests.harness.registry import RegistryServer
 from tests.harness.sshd import SshServer
-from tests.harness.woodpecker_server import FakeWoodpecker
+from tests.harness.woodpecker_server import PIPELINE_GUARD_SECONDS, FakeWoodpecker, PlayedPipeline
 from tests.integration.conftest import CI
 from tests.integration.test_playbooks_support import PlaybookRun, run_local_playbook, run_playbook, write_inventory
-
-# A hang guard for the pipeline thread, not an assertion on time.
-PIPELINE_GUARD_SECONDS = 300
-
-
-class PlayedPipeline(threading.Thread):
-    """Waits until the playbook has started a pipeline in ``repo_id`` (numbered above ``after``) and read
-    it at least once (it is waiting), runs ``build`` (the push), then sets the pipeline to ``final_status``."""
-
-    def __init__(self, fake: FakeWoodpecker, repo_id: int, build: t.Callable[[], None], final_status: str = "success",
-                 after: int = 0):
-        super().__init__(daemon=True)
-        self.fake, self.repo_id, self.build, self.final_status = fake, repo_id, build, final_status
-        self.after = after
-        self.error: BaseException | None = None
-        self.number: int | None = None
-
-    def _polled(self, number: int) -> bool:
-        path = f"/api/repos/{self.repo_id}/pipelines/{number}"
-        return any(request.path == path for request in self.fake.api_requests("GET"))
-
-    def run(self) -> None:
-        try:
-            deadline = time.monotonic() + PIPELINE_GUARD_SECONDS
-            while time.monotonic() < deadline:
-                pipelines = self.fake.repos[self.repo_id].pipelines
-                if pipelines and max(pipelines) > self.after and self._polled(max(pipelines)):
-                    self.number = max(pipelines)
-                    break
-                time.sleep(0.05)
-            else:
-                raise AssertionError("the playbook never started and polled a pipeline")
-            self.build()
-            self.fake.advance(self.repo_id, self.number, self.final_status)
-        except BaseException as error:  # reported by the test
-            self.error = error
-
-    def __enter__(self) -> PlayedPipeline:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.join(timeout=PIPELINE_GUARD_SECONDS)
-
 
 def _rebuild(tmp_path: pathlib.Path, extra: dict[str, t.Any], token: str | None, workdir: str = "run",
              env_extra: dict[str, str] | None = None, **options: t.Any) -> PlaybookRun:
