@@ -72,6 +72,12 @@ class Probe:
             argv += ["--credentials-file", str(self.credentials_path)]
         return argv + list(extra)
 
+    def write_command(self, path: pathlib.Path) -> pathlib.Path:
+        """The command the role installs (its bin/registry-probe), running this probe; returns ``path``."""
+        path.write_text(f"#!/bin/sh\nPYTHONPATH={self.tools_dir} exec {' '.join(self.argv())}\n")
+        path.chmod(0o755)
+        return path
+
     def run(self, *extra: str) -> ProbeRun:
         result = subprocess.run(self.argv(*extra), capture_output=True, text=True, timeout=300,
                                 env={"PYTHONPATH": str(self.tools_dir), "PATH": "/usr/bin:/bin"}, check=False)

@@ -83,14 +83,6 @@ def rulebook_env(ci: CI) -> dict[str, str]:
             "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_FORCE_COLOR": "false", "NO_COLOR": "1"}
 
 
-def probe_command(tmp_path: pathlib.Path, probe: Probe) -> pathlib.Path:
-    """The command the registry_vm role installs, running this probe now."""
-    command = tmp_path / "registry-probe"
-    command.write_text("#!/bin/sh\nPYTHONPATH=" + str(probe.tools_dir) + " exec " + " ".join(probe.argv()) + "\n")
-    command.chmod(0o755)
-    return command
-
-
 def test_the_loop_heals_the_incident_from_the_alert_to_resolved(
     tmp_path: pathlib.Path, registry: RegistryServer, make_pusher: t.Callable[..., ImagePusher], ci: CI
 ) -> None:
@@ -99,7 +91,8 @@ def test_the_loop_heals_the_incident_from_the_alert_to_resolved(
     probe = Probe(tmp_path / "probe", registry.url)
     state = tmp_path / "heal"
     token = secrets.token_urlsafe(24)
-    inventory = heal_inventory(tmp_path, registry, ci, probe_command(tmp_path, probe), state, heal_auto_rebuild=True)
+    command = probe.write_command(tmp_path / "registry-probe")
+    inventory = heal_inventory(tmp_path, registry, ci, command, state, heal_auto_rebuild=True)
     services: list[Service] = []
     loop = ProbeLoop(probe)
     timeline: list[tuple[str, float]] = []
@@ -182,8 +175,8 @@ def test_rejected_credentials_and_a_second_firing_start_no_rebuild(
     probe = Probe(tmp_path / "probe", registry_basic.url)
     state = tmp_path / "heal"
     token = secrets.token_urlsafe(24)
-    inventory = heal_inventory(tmp_path, registry_basic, ci, probe_command(tmp_path, probe), state,
-                               heal_auto_rebuild=True)
+    command = probe.write_command(tmp_path / "registry-probe")
+    inventory = heal_inventory(tmp_path, registry_basic, ci, command, state, heal_auto_rebuild=True)
     env = {**rulebook_env(ci), "REGISTRY_USERNAME": registry_basic.readonly_username or "",
            "REGISTRY_PASSWORD": "rotated-" + (registry_basic.readonly_password or "")}
     rulebook = start_rulebook(tmp_path, RULEBOOK, inventory, token, env)

@@ -285,9 +285,7 @@ def test_verify_ends_by_running_the_probe_on_the_registry_host_so_the_alert_clea
     probe = Probe(tmp_path / "probe", registry.url)
     before = probe.run()
     assert before.returncode == 1 and 'registry_verify_image_broken{' in (before.metrics or "")
-    command = tmp_path / "registry-probe"  # what the role installs: the probe command line cron runs
-    command.write_text("#!/bin/sh\nPYTHONPATH=" + str(probe.tools_dir) + " exec " + " ".join(probe.argv()) + "\n")
-    command.chmod(0o755)
+    command = probe.write_command(tmp_path / "registry-probe")  # what the role installs, as cron runs it
     pusher.push_index("infra-ci", "latest", platforms=("linux/amd64", "linux/arm64"), attestations=True,
                       shared_layers=incident.keep_image.layers[:1])  # the rebuild
 
