@@ -369,9 +369,9 @@ class WoodpeckerClient:
                 "not JSON; check server_url)", reason="not_woodpecker", status_code=response.status_code)
         try:
             return response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python parses
             raise self._error(f"{what}: the server answered with malformed JSON", reason="bad_response",
-                              status_code=response.status_code) from exc
+                              status_code=response.status_code) from None
 
     def _status_error(self, response: requests.Response, what: str, permission: str) -> WoodpeckerError:
         code = response.status_code
@@ -409,7 +409,7 @@ class WoodpeckerClient:
             return None
         try:
             payload = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         version = payload.get("version") if isinstance(payload, dict) else None
         return str(version) if version else None
@@ -446,7 +446,7 @@ class WoodpeckerClient:
             return False
         try:
             payload = response.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return False
         return isinstance(payload, dict) and payload.get("full_name") == full_name
 

@@ -162,9 +162,10 @@ def test_html_answer_means_not_a_woodpecker_api(fake: tuple[FakeWoodpecker, int]
     assert "text/html" in str(caught.value)
 
 
-def test_malformed_json_is_a_sentence(fake: tuple[FakeWoodpecker, int]) -> None:
+@pytest.mark.parametrize("body", [b"{not json", b"[" * 100000 + b"]" * 100000], ids=["malformed", "nested-deeply"])
+def test_malformed_json_is_a_sentence(fake: tuple[FakeWoodpecker, int], body: bytes) -> None:
     server = fake[0]
-    server.force_answers(200, body=b"{not json", content_type="application/json")
+    server.force_answers(200, body=body, content_type="application/json")
     with pytest.raises(WoodpeckerError) as caught:
         client_for(server).lookup_repo("acme/app")
     assert str(caught.value) == "Woodpecker repository acme/app: the server answered with malformed JSON"
