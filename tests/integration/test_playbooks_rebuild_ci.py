@@ -23,6 +23,7 @@ from tests.harness.woodpecker_server import PIPELINE_GUARD_SECONDS, FakeWoodpeck
 from tests.integration.conftest import CI
 from tests.integration.test_playbooks_support import PlaybookRun, run_local_playbook, run_playbook, write_inventory
 
+
 def _rebuild(tmp_path: pathlib.Path, extra: dict[str, t.Any], token: str | None, workdir: str = "run",
              env_extra: dict[str, str] | None = None, **options: t.Any) -> PlaybookRun:
     """rebuild_ci.yml with the token in WOODPECKER_TOKEN (None: the caller passes it another way)."""
