@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import time
@@ -21,7 +22,8 @@ from .registry import free_port
 
 TOP = pathlib.Path(__file__).resolve().parents[2]
 EDA_BIN = TOP / ".cache" / "eda-venv" / "bin"
-JAVA_HOME = "/usr/lib/jvm/java-17-openjdk-amd64"
+# Debian's openjdk-17-jre-headless, whatever the architecture: /usr/bin/java -> .../java-17-openjdk-<arch>/bin/java.
+JAVA_HOME = str(pathlib.Path(shutil.which("java") or "/usr/lib/jvm/java-17-openjdk-amd64/bin/java").resolve().parents[1])
 START_TIMEOUT = 120.0  # the JVM and the drools engine start slowly on a busy machine
 
 
