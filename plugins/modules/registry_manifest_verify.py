@@ -306,8 +306,9 @@ verdicts:
 images:
   description: >-
     One entry per image, in the order given (catalog mode is sorted by repository and tag). When the registry
-    cannot be read at all, each image asked for by name is listed with verdict V(unverified) and the reason.
-  returned: always, except when the options are wrong or a whole catalog could not be read
+    cannot be read at all, each image asked for by name is listed with verdict V(unverified) and the reason (none
+    in catalog mode, whose images are not known then).
+  returned: always, except when the options are wrong
   type: list
   elements: dict
   contains:
