@@ -589,7 +589,7 @@ def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcom
             "stopped or read-only (registry offline)",
         )
         return outcome
-    signals = _SignalGuard()
+    signals = SignalGuard()
     # The after command (restart) runs whenever the before command ran or the real collection was
     # attempted, whatever happened in between; a dry run alone changes nothing and needs no restart.
     before_ran = False
@@ -619,7 +619,7 @@ def run_guarded_gc(options: GCOptions, runner: Runner = run_command) -> GCOutcom
     return outcome
 
 
-class _SignalGuard:
+class SignalGuard:
     """Turn SIGTERM and SIGHUP into GCInterrupted while active; then only note them until restored."""
 
     _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -635,7 +635,7 @@ class _SignalGuard:
             return
         raise GCInterrupted(signum)
 
-    def __enter__(self) -> "_SignalGuard":
+    def __enter__(self) -> "SignalGuard":
         # Signal handlers can only be set in the main thread; elsewhere the caller's handling stays.
         if threading.current_thread() is threading.main_thread():
             for signum in self._SIGNALS:

@@ -785,10 +785,15 @@ class RegistryClient:
                 )
             attempt += 1
 
-    def _open_first_byte(self, repository: str, digest: str, what: str) -> t.Tuple[_Answer, bool]:
-        """GET the first byte of a blob, following redirects (object storage); returns the answer and
-        whether it was redirected."""
-        response = self._object_request("GET", repository, "blobs", digest, what, stream=True)
+    def _open_first_byte(self, repository: str, digest: str, what: str, whole: bool = False) -> t.Tuple[_Answer, bool]:
+        """GET the first byte of a blob (all of it when ``whole``), following redirects (object storage);
+        returns the answer and whether it was redirected."""
+        range_header = {} if whole else {"Range": "bytes=0-0"}
+        if whole:
+            response = self.request("GET", f"{self._repo_path(repository)}/blobs/{quote(digest, safe=':')}", what,
+                                    scope=f"repository:{repository}:pull", stream=True)
+        else:
+            response = self._object_request("GET", repository, "blobs", digest, what, stream=True)
         scope = f"repository:{repository}:pull"
         redirected = False
         hops = 0
@@ -812,12 +817,41 @@ class RegistryClient:
             hops += 1
             same_origin = urlsplit(target)[:2] == urlsplit(self.base_url)[:2]
             if same_origin:
-                response = self.request("GET", "", what, scope=scope, headers={"Range": "bytes=0-0"},
+                response = self.request("GET", "", what, scope=scope, headers=dict(range_header),
                                         stream=True, url=target)
             else:
                 # Another host (object storage): it gets a signed URL, never our credentials.
-                response = self._send("GET", target, what, headers={"Range": "bytes=0-0"}, stream=True)
+                response = self._send("GET", target, what, headers=dict(range_header), stream=True)
         return response, redirected
+
+    def stream_blob(self, repository: str, digest: str, sink: t.Callable[[bytes], None], what: str = "") -> int:
+        """GET a whole blob and hand its body to ``sink`` chunk by chunk; returns the bytes sent.
+
+        The caller hashes what it receives: a body cut short or altered is its to refuse. A redirect is
+        followed as in ``check_blob`` (read mode), never with our credentials to another origin.
+        """
+        what = what or f"blob {repository}@{digest}"
+        response, _redirected = self._open_first_byte(repository, digest, what, whole=True)
+        try:
+            if response.status_code != 200:
+                raise self._fail(response, what)
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise RegistryError(f"{what} came in the {encoding} content encoding, which was not asked for.")
+            size = 0
+            while True:
+                try:
+                    chunk = response.raw.read(1048576)
+                except OSError as exc:
+                    if _is_timeout(exc):
+                        raise self.timeout_error(what, response.url) from None
+                    raise RegistryError(f"{what} could not be read completely ({_short_reason(exc)}).") from None
+                if not chunk:
+                    return size
+                size += len(chunk)
+                sink(chunk)
+        finally:
+            response.close()
 
     def _read_capped(self, response: _Answer, limit: int, what: str, limit_text: str) -> bytes:
         """The whole body; raises _CutShort when it ends early, RegistryError when too large or too slow."""

@@ -508,6 +508,11 @@ class StorageReader:
         blob_dir = f"{prefix_dir}/{hex_digest}"
         return blob_dir, _directory_problem(blob_dir)
 
+    def locate_blob(self, digest: str) -> t.Tuple[str, str]:
+        """(path of the blob's data file, "") when its directories are usable; else (path, "absent" or why not)."""
+        where, problem = self._blob_dir_problem(digest, fresh=True)
+        return (where, problem) if problem else (f"{where}/data", "")
+
     def blob_state(self, digest: str, fresh: bool = False) -> str:
         """"present", "absent", or "<path> <reason>" when the blob's files are unusable.
 
