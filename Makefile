@@ -85,5 +85,5 @@ molecule: setup  ## the registry_vm role's scenario on a real Docker engine
 bench: setup  ## benchmarks, each against the method a user would otherwise use
 	scripts/bench
 
-clean:  ## remove build, sanity and test output (keeps .venv and the checked downloads in .cache/downloads)
+clean:  ## remove build, sanity and test output (keeps .venv, the checked downloads in .cache/downloads and the root file systems in .cache/rootfs)
 	rm -rf .cache/build .cache/sanity .cache/collections tests/output benchmarks/results *.tar.gz
