@@ -131,7 +131,8 @@ class RestoreOutcome:
 
     @property
     def changed(self) -> bool:
-        return any(item.action in ("restored", "linked") for item in self.objects)
+        """Something was placed; in check mode, something would be (Ansible's meaning of changed there)."""
+        return any(item.placed for item in self.objects)
 
     @property
     def rebuild(self) -> t.List[str]:
@@ -463,7 +464,7 @@ def run_restore(options: RestoreOptions, sources: t.Sequence[RestoreSource],
         _place_all(options, reader, sources, pending, outcome, runner)
     for image in outcome.images:
         _judge(image, options.check_mode)
-    if outcome.changed:
+    if outcome.changed and not options.check_mode:
         _confirm(reader, outcome)
     outcome.seconds = time.time() - outcome.started
     return outcome

@@ -90,7 +90,7 @@ def test_restore_from_a_backup_brings_the_image_back_with_its_digests(registry, 
     plan = run_restore(RestoreOptions(str(registry.storage_root), ("infra-ci:latest",), check_mode=True),
                        [StorageSource(str(backup))])
     assert _tree_state(registry.storage_root) == before, "check mode changed the storage"
-    assert plan.commands == [] and not plan.changed
+    assert plan.commands == [] and plan.changed  # in check mode: would change
     assert [image.status for image in plan.images] == ["would_restore"], plan.lines()
     assert plan.summary()["would_link"] == len(index.children)  # the children's bytes survive the GC
     assert plan.summary()["would_restore"] >= 1 and plan.summary()["bytes"] > 0
@@ -163,3 +163,50 @@ def test_sources_in_order_refuse_a_corrupt_backup_and_list_what_none_has(
     assert hashlib.sha256(placed).hexdigest() == altered[7:]
     scan = scan_storage(str(registry.storage_root))
     assert set(scan.broken_tags) == {"tools:1"}
+
+
+def test_restore_playbook_dry_runs_by_default_then_restores_verifies_and_runs_the_probe(registry, pusher, tmp_path):
+    from tests.harness.probe import Probe
+    from tests.integration.test_playbooks import custom_stats
+    from tests.integration.test_playbooks_support import run_local_playbook, storage_snapshot
+
+    keep = pusher.push_image("infra-ci", "latest-base", seed="keep")
+    index = pusher.push_index("infra-ci", "latest", attestations=True, shared_layers=keep.layers[:1], seed="pb")
+    backup = _backup(registry)
+    lost = pusher.push_index("tools", "1", attestations=False, seed="lost")  # pushed after the backup
+    _gc_delete_untagged(registry)
+    probe = Probe(tmp_path / "probe", registry.url)
+    assert probe.run().returncode == 1
+    pid = str(registry.pid)
+    extra = {
+        "registry_url": registry.url,
+        "registry_storage_root": str(registry.storage_root),
+        "registry_images": f"{registry.host}/infra-ci:latest, tools:1",
+        "restore_sources": [{"path": str(backup)}],
+        # A paused registry answers nothing and writes nothing while the files are placed.
+        "restore_before_command": ["kill", "-STOP", pid],
+        "restore_after_command": ["kill", "-CONT", pid],
+        "verify_probe_command": str(probe.write_command(tmp_path / "registry-probe")),
+    }
+    before = storage_snapshot(registry.storage_root)
+    dry = run_local_playbook("restore.yml", tmp_path, extra, workdir="dry", extra_args=["--diff"],
+                             env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
+    assert dry.returncode == 0, dry.explain()
+    assert storage_snapshot(registry.storage_root) == before
+    assert "DRY RUN (restore_apply=true places them)" in dry.stdout, dry.explain()
+    assert "next: ansible-playbook -i inventory.yml playbooks/restore.yml (the same -e) -e restore_apply=true" in dry.stdout
+    assert "nothing was restored, so there is nothing to verify" in dry.stdout
+    assert f"repositories/infra-ci/_manifests/revisions/sha256/{index.children[0].digest[7:]}/link" in dry.stdout
+    assert custom_stats(dry)["registry_images"] == ["tools:1"]
+
+    applied = run_local_playbook("restore.yml", tmp_path, dict(extra, restore_apply=True), workdir="apply",
+                                 env={"ANSIBLE_SHOW_CUSTOM_STATS": "true"})
+    assert applied.returncode == 0, applied.explain()
+    assert "infra-ci:latest: restored - " in applied.stdout and f"digest {index.digest} unchanged" in applied.stdout
+    assert "tools:1: rebuild - " in applied.stdout
+    assert "next: rebuild what no source had: ansible-playbook playbooks/rebuild_ci.yml" in applied.stdout
+    assert "registry_images=tools:1" in applied.stdout
+    assert "probe on registry-vm: SUMMARY " in applied.stdout, applied.explain()
+    assert custom_stats(applied)["registry_images"] == ["tools:1"]
+    assert _fully_served(pusher, index) == [] and _served_digest(pusher, "infra-ci", "latest") == index.digest
+    assert _fully_served(pusher, lost) != []

@@ -74,7 +74,7 @@ def test_check_mode_reads_and_plans_but_writes_and_runs_nothing(tmp_path):
     runner = Runner()
     outcome = run_restore(_options(incident, check_mode=True), [StorageSource(incident.backup.root)], runner)
     assert tree_listing(incident.target.root) == before
-    assert runner.calls == [] and not outcome.changed
+    assert runner.calls == [] and outcome.changed  # would change
     assert outcome.summary()["would_link"] == 2 and outcome.summary()["would_restore"] == 6
     assert "blobs/sha256/" in outcome.diff()["after"]
 
