@@ -15,6 +15,7 @@ turns them into one sentence naming the object.
 
 from __future__ import annotations
 
+import io
 import re
 import select
 import socket
@@ -29,6 +30,10 @@ _NO_BODY_STATUSES = frozenset((204, 304))
 # A request line or header that carries one of these could smuggle a second request.
 _UNSAFE_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _UNSAFE_IN_HEADER = re.compile(r"[\r\n\x00]")
+# RFC 9112 framing, read strictly: a chunk size is hex digits only (no sign, prefix or underscore, which
+# int() would take), a Content-Length ASCII digits only (str.isdigit() takes superscripts and other scripts).
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_LENGTH = re.compile(r"[0-9]{1,19}")
 
 Origin = t.Tuple[str, str, int]  # scheme, host, port
 
@@ -70,18 +75,51 @@ class Headers(dict):  # type: ignore[type-arg]
         return isinstance(name, str) and dict.__contains__(self, name.lower())
 
 
+class _SocketReader(io.RawIOBase):
+    """The socket as the raw stream under the connection's buffer. While ``probing``, it answers "nothing
+    yet" without touching the socket, so the buffer can be asked what it holds without waiting."""
+
+    def __init__(self, sock: socket.socket):
+        super().__init__()
+        self._sock = sock
+        self.probing = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: t.Any) -> t.Optional[int]:
+        if self.probing:
+            return None
+        return self._sock.recv_into(buffer)
+
+
 class _Connection:
-    __slots__ = ("sock", "reader")
+    __slots__ = ("sock", "raw", "reader")
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.reader = sock.makefile("rb")
+        self.raw = _SocketReader(sock)
+        self.reader = io.BufferedReader(self.raw, 65536)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
+    def leftover(self) -> bool:
+        """True when bytes no request asked for are already read from the socket: in the buffer, or
+        decrypted and waiting in the TLS layer. A connection holding any would hand them to the next
+        request as its answer."""
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        self.raw.probing = True
+        try:
+            return bool(self.reader.peek(1))
+        finally:
+            self.raw.probing = False
+
     def dropped(self) -> bool:
-        """True when an idle connection was closed by the server (or has bytes no request asked for)."""
+        """True when an idle connection was closed by the server, or has bytes no request asked for."""
+        if self.leftover():
+            return True
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
         return bool(poller.poll(0))
@@ -160,12 +198,10 @@ class Response:
         line = reader.readline(_MAX_LINE)
         if not line:
             raise CutShort("the answer was cut short")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise NotHTTP("a chunk size of the answer is not a number") from None
-        if size < 0:
-            raise NotHTTP("a chunk size of the answer is negative")
+        digits = line.split(b";", 1)[0].strip(b" \t\r\n")
+        if not _CHUNK_SIZE.fullmatch(digits):
+            raise NotHTTP("a chunk size of the answer is not a hexadecimal number")
+        size = int(digits, 16)
         if size == 0:
             _read_header_block(reader)  # trailers, ignored
         return size
@@ -175,7 +211,7 @@ class Response:
         if self._released:
             return
         self._released = True
-        if self._done and not self._will_close:
+        if self._done and not self._will_close and not self._connection.leftover():
             self._transport.keep(self._origin, self._connection)
         else:
             self._connection.close()
@@ -229,13 +265,18 @@ def _body_framing(method: str, status: int, headers: Headers, http10: bool) -> t
     will_close = "close" in connection or (http10 and "keep-alive" not in connection)
     if method == "HEAD" or status in _NO_BODY_STATUSES:
         return 0, False, will_close
-    if "chunked" in dict.get(headers, "transfer-encoding", "").lower():
-        return None, True, will_close
     values = {value.strip() for value in dict.get(headers, "content-length", "").split(",")} - {""}
+    if len(values) > 1 or (values and not _LENGTH.fullmatch(next(iter(values)))):
+        raise NotHTTP("the answer's Content-Length is not one number")
+    if "transfer-encoding" in headers:
+        # Only chunked is read: any other coding would hand the client bytes that are not the content.
+        if dict.get(headers, "transfer-encoding", "").strip().lower() != "chunked":
+            raise NotHTTP("the answer has a Transfer-Encoding other than chunked")
+        # With a Content-Length too, the two disagree on where the answer ends: chunked decides (RFC 9112),
+        # and the connection is never reused, whatever a proxy on the way may have made of it.
+        return None, True, will_close or bool(values)
     if not values:
         return None, False, True
-    if len(values) != 1 or not next(iter(values)).isdigit():
-        raise NotHTTP("the answer's Content-Length is not one number")
     return int(next(iter(values))), False, will_close
 
 

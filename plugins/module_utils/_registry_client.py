@@ -240,12 +240,20 @@ def _parse_challenge(header: str) -> t.Tuple[str, t.Dict[str, str]]:
     return scheme.lower(), params
 
 
+def _ascii_number(value: t.Optional[str]) -> t.Optional[int]:
+    """A header's whole number, or None. ASCII digits only: str.isdigit() also takes superscripts ("²"),
+    which int() then refuses with a traceback."""
+    value = (value or "").strip()
+    return int(value) if value and len(value) <= 19 and value.isascii() and value.isdigit() else None
+
+
 def _retry_after_seconds(value: t.Optional[str]) -> t.Optional[float]:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    seconds = _ascii_number(value)
+    if seconds is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -414,7 +422,7 @@ class RegistryClient:
                 payload = response.json()
                 value = payload.get("token") or payload.get("access_token")
                 lifetime = float(payload.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
-            except (ValueError, AttributeError, TypeError):
+            except (ValueError, AttributeError, TypeError, OverflowError):
                 value = None
                 lifetime = 0.0
             if not isinstance(value, str) or not value:
@@ -747,8 +755,7 @@ class RegistryClient:
             if response.status_code in REDIRECT_STATUSES:
                 return BlobCheck(response.status_code, None, True)
             if response.status_code == 200:
-                length = response.headers.get("Content-Length")
-                return BlobCheck(200, int(length) if length and length.isdigit() else None, False)
+                return BlobCheck(200, _ascii_number(response.headers.get("Content-Length")), False)
             raise self._error_with_body(repository, "blobs", digest, response, what)
         if mode != "read":
             raise RegistryError(f"Unknown blob check mode {mode!r}.")
@@ -768,10 +775,10 @@ class RegistryClient:
                 if first:
                     length = None
                     content_range = response.headers.get("Content-Range", "")
-                    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-                        length = int(content_range.rsplit("/", 1)[1])
-                    elif response.status_code == 200 and (response.headers.get("Content-Length") or "").isdigit():
-                        length = int(response.headers["Content-Length"])
+                    if "/" in content_range:
+                        length = _ascii_number(content_range.rsplit("/", 1)[1])
+                    elif response.status_code == 200:
+                        length = _ascii_number(response.headers.get("Content-Length"))
                     return BlobCheck(response.status_code, length, redirected)
                 status = response.status_code
             finally:

@@ -5,13 +5,17 @@
 from __future__ import annotations
 
 import json
+import pathlib
 import socket
+import ssl
 import threading
 import typing as t
 
 import pytest
 
+from ansible_collections.selfhosted.registry.plugins.module_utils._http_transport import Transport
 from ansible_collections.selfhosted.registry.plugins.module_utils._registry_client import RegistryClient, RegistryError
+from tests.harness.tls import ServerTLS, make_server_tls
 from tests.unit.plugins.module_utils.registry_fakes import OCI_MANIFEST, digest_of
 
 MANIFEST = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {}, "layers": []}).encode()
@@ -23,8 +27,10 @@ Script = t.Callable[[str], t.Tuple[bytes, bool]]
 class RawServer:
     """Accepts connections on 127.0.0.1 and answers each request with the bytes ``script`` returns."""
 
-    def __init__(self, script: Script, answers_per_connection: t.Optional[int] = None):
+    def __init__(self, script: Script, answers_per_connection: t.Optional[int] = None,
+                 tls: t.Optional[ssl.SSLContext] = None):
         self.script = script
+        self.tls = tls
         # After this many answers on a connection, the next request on it is met by closing it unanswered.
         self.answers_per_connection = answers_per_connection
         self.connections = 0
@@ -39,7 +45,7 @@ class RawServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._listener.getsockname()[1]}"
 
     def _accept(self) -> None:
         while True:
@@ -51,6 +57,12 @@ class RawServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except (OSError, ssl.SSLError):
+                conn.close()
+                return
         with conn, conn.makefile("rb") as reader:
             answered = 0
             while True:
@@ -78,8 +90,9 @@ class RawServer:
 def serve() -> t.Iterator[t.Callable[..., RawServer]]:
     servers: t.List[RawServer] = []
 
-    def start(script: Script, answers_per_connection: t.Optional[int] = None) -> RawServer:
-        servers.append(RawServer(script, answers_per_connection))
+    def start(script: Script, answers_per_connection: t.Optional[int] = None,
+              tls: t.Optional[ssl.SSLContext] = None) -> RawServer:
+        servers.append(RawServer(script, answers_per_connection, tls))
         return servers[-1]
 
     yield start
@@ -155,6 +168,14 @@ def test_an_http_1_0_answer_does_not_keep_the_connection(serve: t.Callable[[Scri
     (answer("200 OK", [f"X-Filler-{n}: x" for n in range(150)]), "the answer has more than 100 header lines"),
     (answer("200 OK", ["X-Long: " + "x" * 70000]), "a header line is longer than 64 KiB"),
     (answer("200 OK", ["Content-Length: 10", "Content-Length: 12"]), "the answer's Content-Length is not one number"),
+    # Digits int() would take, but not ASCII ones: a superscript two (Latin-1 \xb2).
+    (answer("200 OK", ["Content-Length: 1\u00b2"]), "the answer's Content-Length is not one number"),
+    (answer("200 OK", ["Content-Length: +12"]), "the answer's Content-Length is not one number"),
+    # Transfer codings other than chunked hand over bytes that are not the content: refused, never read.
+    (answer("200 OK", ["Transfer-Encoding: gzip, chunked"], f"{len(MANIFEST):x}\r\n".encode() + MANIFEST + b"\r\n0\r\n\r\n"),
+     "the answer has a Transfer-Encoding other than chunked"),
+    (answer("200 OK", ["Transfer-Encoding: identity", f"Content-Length: {len(MANIFEST)}"], MANIFEST),
+     "the answer has a Transfer-Encoding other than chunked"),
     (b"HTTP/1.1 200 OK\r\nContent-Le", "the connection closed in the middle of the headers"),
     (b"", "the server closed the connection without answering"),
 ])
@@ -211,5 +232,100 @@ def test_a_garbled_chunked_body_is_not_the_objects_fault(serve: t.Callable[[Scri
     server = serve(lambda line: (answer("200 OK", ["Transfer-Encoding: chunked"], b"zz\r\n"), True))
     with pytest.raises(RegistryError) as caught:
         client_for(server).get_manifest("app", "v1")
-    assert caught.value.message == "manifest app:v1 could not be read completely (a chunk size of the answer is not a number)."
+    assert caught.value.message == (
+        "manifest app:v1 could not be read completely (a chunk size of the answer is not a hexadecimal number).")
     assert caught.value.says_nothing_about_the_object
+
+
+@pytest.mark.parametrize("size", [
+    lambda hexdigits: "0x" + hexdigits,  # a prefix
+    lambda hexdigits: "+" + hexdigits,  # a sign
+    lambda hexdigits: hexdigits[0] + "_" + hexdigits[1:],  # an underscore
+], ids=["prefix", "sign", "underscore"])
+def test_a_chunk_size_is_hex_digits_only(serve: t.Callable[[Script], RawServer],
+                                         size: t.Callable[[str], str]) -> None:
+    # int(text, 16) takes all three; a proxy on the way may frame the answer otherwise.
+    text = size(f"{len(MANIFEST):x}")
+    body = text.encode() + b"\r\n" + MANIFEST + b"\r\n0\r\n\r\n"
+    server = serve(lambda line: (answer("200 OK", ["Transfer-Encoding: chunked"], body), True))
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).get_manifest("app", "v1")
+    assert caught.value.message == (
+        "manifest app:v1 could not be read completely (a chunk size of the answer is not a hexadecimal number).")
+    assert caught.value.says_nothing_about_the_object
+
+
+def test_an_answer_with_both_transfer_encoding_and_content_length_is_read_chunked_and_never_reused(
+        serve: t.Callable[[Script], RawServer]) -> None:
+    chunked = f"{len(MANIFEST):x}\r\n".encode() + MANIFEST + b"\r\n0\r\n\r\n"
+    server = serve(lambda line: (answer("200 OK", ["Transfer-Encoding: chunked", "Content-Length: 5"], chunked), False))
+    client = client_for(server)
+    for unused in range(2):
+        assert client.get_manifest("app", "v1").body == MANIFEST
+    assert server.connections == 2
+
+
+# -- keep-alive: bytes no request asked for never become the next request's answer -------------------------
+
+OTHER = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {"x": 1}, "layers": []}).encode()
+# A whole answer riding behind another one: whoever reads it next takes it for theirs.
+SMUGGLED = answer("200 OK", [f"Content-Type: {OCI_MANIFEST}", f"Content-Length: {len(OTHER)}"], OTHER)
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory: pytest.TempPathFactory) -> ServerTLS:
+    return make_server_tls(pathlib.Path(tmp_path_factory.mktemp("tls")))
+
+
+def _tls_context(server_tls: ServerTLS) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_tls.server.cert_path, server_tls.server.key_path)
+    return context
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_body_longer_than_its_content_length_never_reaches_the_next_request(
+        serve: t.Callable[..., RawServer], server_tls: ServerTLS, scheme: str) -> None:
+    server = serve(lambda line: (manifest_answer() + SMUGGLED, False),
+                   tls=_tls_context(server_tls) if scheme == "https" else None)
+    client = RegistryClient(server.url, retries=1, backoff=0.01, verify=str(server_tls.ca.cert_path))
+    for unused in range(3):
+        assert client.get_manifest("app", "v1").body == MANIFEST
+    assert server.connections == 3  # each connection that held more than its answer was dropped
+
+
+def test_a_body_after_a_head_answer_never_reaches_the_next_request(serve: t.Callable[[Script], RawServer]) -> None:
+    def script(line: str) -> t.Tuple[bytes, bool]:
+        if line.startswith("HEAD "):
+            return answer("200 OK", ["Content-Length: 3"]) + SMUGGLED, False
+        return manifest_answer(), False
+
+    server = serve(script)
+    client = client_for(server)
+    assert client.check_blob("app", "sha256:" + "a" * 64, "head").size == 3
+    assert client.get_manifest("app", "v1").body == MANIFEST
+    assert server.connections == 2 and client.request_count == 2
+
+
+def test_a_body_after_a_204_never_reaches_the_next_request(serve: t.Callable[[Script], RawServer]) -> None:
+    server = serve(lambda line: (answer("204 No Content", []) + SMUGGLED if "/first" in line
+                                 else answer("404 Not Found", ["Content-Length: 0"]), False))
+    origin = ("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    transport = Transport(origin, 5.0, ssl.create_default_context)
+    try:
+        first = transport.request(origin, "GET", "/first", {})
+        assert first.status == 204 and first.read_all(1024) == b""
+        first.release()
+        second = transport.request(origin, "GET", "/second", {})
+        assert second.status == 404
+        second.release()
+    finally:
+        transport.close()
+    assert server.connections == 2
+
+
+def test_a_superscript_length_on_a_head_answer_is_no_size_not_a_traceback(
+        serve: t.Callable[[Script], RawServer]) -> None:
+    server = serve(lambda line: (answer("200 OK", ["Content-Length: \u00b2"]), False))
+    check = client_for(server).check_blob("app", "sha256:" + "a" * 64, "head")
+    assert (check.status, check.size) == (200, None)
