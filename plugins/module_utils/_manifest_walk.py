@@ -317,7 +317,7 @@ class ManifestWalker:
         if not self.descend and depth == 0:
             # Mirror mode: a HEAD proves the tag resolves without making the mirror fetch anything else.
             digest = self.client.head_manifest(repository, reference, what=node.what)[1]
-            node.digest = digest or (reference if is_digest(reference) else None)
+            node.digest = reference if is_digest(reference) else (digest if digest and is_digest(digest) else None)
             return
         try:
             manifest = self.client.get_manifest(repository, reference, what=node.what)
@@ -533,7 +533,7 @@ class ManifestWalker:
                 reference=reference,
                 repository=image.repository,
                 tag=image.tag,
-                digest=root.digest or image.digest,
+                digest=image.digest or root.digest,
                 media_type=root.media_type,
                 ok=verdict == VERDICT_OK,
                 verdict=verdict,
@@ -614,7 +614,9 @@ class ManifestWalker:
     ) -> t.Set[str]:
         """File every problem under key with its chain from the tag; return the verdicts met (broken, unverified)."""
         node = self._nodes[key]
-        digest = node.digest or (key[2] if is_digest(key[2]) else None)
+        # A finding names the object asked for: an object asked for by digest keeps that digest, whatever
+        # the answer claimed.
+        digest = key[2] if is_digest(key[2]) else node.digest
         chain = chain_prefix + [digest] if digest else list(chain_prefix)
         verdicts: t.Set[str] = set()
         if node.problem is not None:

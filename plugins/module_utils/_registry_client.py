@@ -65,6 +65,7 @@ _MAX_REDIRECTS = 5
 _TOKEN_MARGIN = 5  # renew this many seconds before expiry so a token never dies in flight
 _MAX_PAGES = 100000
 _SUPPORTED_DIGESTS = {"sha256": hashlib.sha256, "sha512": hashlib.sha512}
+_WELL_FORMED_DIGEST = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
 class RegistryError(Exception):
@@ -660,32 +661,43 @@ class RegistryClient:
                             scope=f"repository:{repository}:pull", headers=headers, stream=stream)
 
     def get_manifest(self, repository: str, reference: str, what: str = "") -> Manifest:
-        """GET a manifest by tag or digest; the body is hash-checked against what was asked for."""
+        """GET a manifest by tag or digest; the body is hash-checked against what was asked for.
+
+        An error names the object asked for: its digest is the one asked for, or for a tag what the body
+        hashes to. The registry's Docker-Content-Digest only names a tag's object when nothing contradicts it
+        (a body too large to hash or cut short); a claim the body disproves, or that is not a digest, never.
+        """
         what = what or _manifest_name(repository, reference)
+        asked = reference if _WELL_FORMED_DIGEST.fullmatch(reference) else None
         attempt = 0
-        header_digest: t.Optional[str] = None
+        claimed: t.Optional[str] = None
         while True:
             response = self._object_request("GET", repository, "manifests", reference, what, stream=True)
             try:
                 if response.status_code != 200:
                     raise self._fail(response, what)
-                header_digest = response.headers.get("Docker-Content-Digest") or None
+                header_digest = (response.headers.get("Docker-Content-Digest") or "").strip()
+                claimed = header_digest if _WELL_FORMED_DIGEST.fullmatch(header_digest) else None
                 content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_BYTES:
+                declared = _ascii_number(response.headers.get("Content-Length"))
+                if declared is not None and declared > MAX_MANIFEST_BYTES:
                     raise RegistryError(
-                        f"{named_with_digest(what, header_digest)} is {int(declared)} bytes, larger than the"
+                        f"{named_with_digest(what, asked or claimed)} is {declared} bytes, larger than the"
                         f" {MAX_MANIFEST_BYTES // 1048576} MiB a registry accepts for a manifest.",
                         status=200,
-                        digest=header_digest,
+                        digest=asked or claimed,
                     )
-                body = self._read_capped(response, MAX_MANIFEST_BYTES, what, "a registry accepts for a manifest")
+                try:
+                    body = self._read_capped(response, MAX_MANIFEST_BYTES, what, "a registry accepts for a manifest")
+                except RegistryError as exc:
+                    exc.digest = exc.digest or asked or claimed
+                    raise
                 break
             except _CutShort as cut:
                 if not self._pause_after_cut(attempt):
                     # No status: a body cut short says nothing about the object, only about the connection.
                     raise RegistryError(f"{what} could not be read completely ({cut.reason}).",
-                                        digest=header_digest) from None
+                                        digest=asked or claimed) from None
                 attempt += 1
             finally:
                 response.close()
@@ -698,11 +710,14 @@ class RegistryClient:
             raise RegistryError(f"{what} has content whose digest is {digest}, not the one asked for.", 200,
                                 digest=reference)
         if header_digest and header_digest.split(":", 1)[0] in _SUPPORTED_DIGESTS:
-            if compute_digest(body, header_digest.split(":", 1)[0]) != header_digest:
-                # The registry's digest names the object in its storage; the message says what the body hashes to.
+            if claimed is None:
+                raise RegistryError(f"{named_with_digest(what, digest)} came with a Docker-Content-Digest header"
+                                    " that is not a digest.", 200, digest=digest)
+            if compute_digest(body, claimed.split(":", 1)[0]) != claimed:
+                # The claim is the registry's; the content is what the object asked for really is.
                 raise RegistryError(
-                    f"{what} has content whose digest is {digest}, but the registry claims {header_digest}.", 200,
-                    digest=header_digest,
+                    f"{what} has content whose digest is {digest}, but the registry claims {claimed}.", 200,
+                    digest=digest,
                 )
         named = named_with_digest(what, digest)
         try:

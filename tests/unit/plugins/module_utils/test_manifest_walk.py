@@ -444,3 +444,24 @@ def test_indexes_nested_deeper_than_the_walk_goes_are_unverified_never_broken(fa
     result = walk(fake, "app:deep")
     assert not result.broken and result.images[0].verdict == "unverified"
     assert "nests indexes deeper than the 4 levels this verifier walks" in result.unverified[0].message
+
+
+@pytest.mark.parametrize("claim", ["sha256:" + "f" * 64, "sha256:short"])
+def test_a_child_whose_header_claims_another_digest_is_named_by_the_digest_its_index_lists(
+        fake: FakeRegistry, claim: str) -> None:
+    pushed = multi_arch(fake, "app", "v1", b"base", "lying")
+    child = pushed["arm"]["digest"]
+    body, media_type = fake.manifests[("app", child)]
+    fake.routes[f"/v2/app/manifests/{child}"] = lambda seen: manifest_reply(body, media_type, claim)
+    result = walk(fake, "app:v1")
+    assert [finding.digest for finding in result.broken] == [child]
+    assert result.broken[0].chain == ["app:v1", pushed["index"]["digest"], child]
+    assert claim not in result.broken[0].chain
+
+
+def test_a_mirror_tag_with_a_malformed_header_has_no_digest(fake: FakeRegistry) -> None:
+    fake.add_image("app", [b"layer"], tag="v1")
+    fake.routes["/v2/app/manifests/v1"] = lambda seen: Reply(
+        200, b"", {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": "sha256:../../etc"})
+    result = walk(fake, "app:v1", descend=False)
+    assert result.ok and result.images[0].digest is None

@@ -642,4 +642,29 @@ def test_errors_after_the_body_was_hashed_carry_its_digest(server: LoopbackServe
     server.routes["/v2/app/manifests/v2"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST, claimed)
     with pytest.raises(RegistryError) as caught:
         client_for(server).get_manifest("app", "v2")
-    assert caught.value.digest == claimed  # the registry's name for it: where it sits in storage
+    assert caught.value.digest == digest_of(MANIFEST)  # what the tag answered, never the claim it disproves
+
+
+@pytest.mark.parametrize("claim", ["sha256:" + "b" * 64, "sha256:not-a-digest", "sha256:" + "B" * 64])
+def test_a_manifest_asked_for_by_digest_keeps_that_digest_whatever_the_header_claims(
+        server: LoopbackServer, claim: str) -> None:
+    wanted = digest_of(MANIFEST)
+    server.routes[f"/v2/app/manifests/{wanted}"] = lambda seen: manifest_reply(MANIFEST, OCI_MANIFEST, claim)
+    with pytest.raises(RegistryError) as caught:
+        client_for(server).get_manifest("app", wanted, what=f"child manifest {wanted}")
+    assert caught.value.digest == wanted
+    assert caught.value.message.startswith(f"child manifest {wanted} ")
+    assert caught.value.status == 200 and not caught.value.says_nothing_about_the_object
+
+
+def test_an_oversized_manifest_without_a_length_still_names_its_digest(server: LoopbackServer) -> None:
+    big = b"{" + b" " * (MAX_MANIFEST_BYTES + 10) + b"}"
+    wanted = "sha256:" + "d" * 64
+    claimed = "sha256:" + "e" * 64
+    for reference, header, expected in ((wanted, claimed, wanted), ("v1", claimed, claimed), ("v2", "garbage", None)):
+        server.routes[f"/v2/app/manifests/{reference}"] = lambda seen, header=header: Reply(
+            200, big, {"Content-Type": OCI_MANIFEST, "Content-Length": "", "Connection": "close",
+                       "Docker-Content-Digest": header})
+        with pytest.raises(RegistryError, match="larger than the 4 MiB") as caught:
+            client_for(server).get_manifest("app", reference)
+        assert caught.value.digest == expected, reference
