@@ -404,6 +404,12 @@ class RegistryClient:
         url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         what = f"the token service {urlsplit(realm).netloc}"
         basic = self._basic_auth()
+        if basic and self._origin[0] == "https" and urlsplit(realm).scheme != "https":
+            # The registry is reached over TLS; its credentials must not then cross the network in clear.
+            raise RegistryError(
+                f"Registry {self.host} asks for tokens from {urlsplit(realm).netloc} over plain http://,"
+                " where the credentials would travel unencrypted; they were not sent."
+            )
         response = self._send("GET", url, what, headers={"Authorization": basic} if basic else None)
         try:
             if response.status_code in (401, 403):
@@ -833,6 +839,12 @@ class RegistryClient:
                 raise RegistryError(
                     f"{what} redirects to an {scheme or 'unnamed'} URL, which cannot be followed"
                     " (only http and https can).",
+                    status,
+                )
+            if scheme == "http" and urlsplit(response.url).scheme == "https":
+                raise RegistryError(
+                    f"{what} redirects from https:// to plain http:// ({urlsplit(target).netloc}),"
+                    " which is not followed.",
                     status,
                 )
             redirected = True
