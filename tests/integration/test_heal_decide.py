@@ -12,6 +12,7 @@ import typing as t
 
 import pytest
 
+from tests.harness.registry import free_port
 from tests.integration.test_playbooks_support import run_playbook, write_inventory
 
 ALERT = {"fingerprints": ["fp-1"], "alertname": "RegistryManifestIntegrityFailure", "status": "firing"}
@@ -78,3 +79,31 @@ def test_a_resolved_alert_is_logged(tmp_path: pathlib.Path) -> None:
                          "alerts": [{"status": "resolved", "labels": labels, "fingerprint": "fp-9"}]}}
     decision = decide(tmp_path, event)
     assert (decision["decision"], decision["fingerprints"], decision["status"]) == ("resolved", ["fp-9"], "resolved")
+
+
+def test_an_awx_job_keeps_the_window_on_the_state_host_or_rebuilds_nothing(tmp_path: pathlib.Path) -> None:
+    # In an AWX job (awx_job_id set) local files end with the job: the window would never hold anything.
+    (tmp_path / "local").mkdir()
+    forgotten = decide(tmp_path / "local", diagnosed(["infra-ci:latest"]), heal_auto_rebuild=True, awx_job_id=42)
+    assert forgotten["decision"] == "notify" and "forgotten when the job ends" in forgotten["reason"], forgotten
+    assert not (tmp_path / "local" / "heal" / "rebuilds.json").exists()
+    # On the inventory's registry VM (local here), the window is kept and a second firing finds it.
+    first = decide(tmp_path, diagnosed(["infra-ci:latest"]), heal_auto_rebuild=True, awx_job_id=43,
+                   heal_state_host="registry-vm")
+    assert first["decision"] == "rebuild", first
+    second = decide(tmp_path, diagnosed(["infra-ci:latest"]), heal_auto_rebuild=True, awx_job_id=44,
+                    heal_state_host="registry-vm")
+    assert second["decision"] == "notify" and "already rebuilt by the loop" in second["reason"], second
+
+
+def test_the_state_is_read_and_written_on_the_state_host(tmp_path: pathlib.Path) -> None:
+    """A state host that cannot be reached stops the run there: the state is never read from elsewhere."""
+    inventory = write_inventory(tmp_path / "inventory.yml", registry_vm={
+        "ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": free_port(),
+        "ansible_ssh_common_args": "-o BatchMode=yes -o ConnectTimeout=5"})
+    run = run_playbook("heal_decide.yml", inventory, {
+        "ansible_eda": {"event": diagnosed(["infra-ci:latest"])}, "heal_state_dir": str(tmp_path / "heal"),
+        "heal_auto_rebuild": True, "heal_state_host": "registry-vm"}, tmp_path / "run")
+    assert run.returncode != 0
+    assert "UNREACHABLE" in run.stdout and "registry-vm" in run.stdout, run.explain()
+    assert not (tmp_path / "heal").exists()
