@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import secrets
 import subprocess
 import typing as t
 
@@ -105,7 +106,7 @@ def test_job_templates_workflow_and_schedule_fit_together() -> None:
         assert (REPO_ROOT / template["playbook"]).is_file(), template["playbook"]
         assert set(template["credentials"]) <= {"registry", "woodpecker", "machine"}
     phases = {pathlib.Path(template["playbook"]).stem for template in data["awx_job_templates"]}
-    assert phases == {"diagnose", "rebuild_ci", "rebuild_on_host", "verify", "investigate"}
+    assert phases == {"diagnose", "heal_decide", "rebuild_ci", "rebuild_on_host", "verify", "investigate"}
     nodes = {node["identifier"]: node for node in data["awx_workflow"]["nodes"]}
     for node in nodes.values():
         assert node["unified_job_template"]["name"] in names
@@ -136,6 +137,19 @@ def settings(tmp_path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def configure(tmp_path: pathlib.Path, playbook: pathlib.Path, settings: pathlib.Path, env: dict[str, str],
+              *arguments: str) -> subprocess.CompletedProcess[str]:
+    """ansible-playbook ``playbook`` (configure.yml or a copy) with the settings file, on localhost."""
+    environment = {
+        "PATH": f"{VENV_BIN}:/usr/bin:/bin", "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
+        "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_PYTHON_INTERPRETER": str(VENV_BIN / "python"),
+        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_LOCALHOST_WARNING": "false",
+        "CONTROLLER_OAUTH_TOKEN": "not-a-token", **env,
+    }
+    return subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(playbook), "-e", f"@{settings}",
+                           *arguments], env=environment, capture_output=True, text=True, timeout=600, check=False)
+
+
 def test_the_awx_awx_modules_accept_every_task_s_arguments(tmp_path: pathlib.Path, settings: pathlib.Path) -> None:
     # A copy that carries on past each failure and shows every result (the inputs hold no secret).
     copy = tmp_path / "awx"
@@ -150,15 +164,11 @@ def test_the_awx_awx_modules_accept_every_task_s_arguments(tmp_path: pathlib.Pat
         task.pop("no_log", None)
     (copy / "configure.yml").write_text(yaml.safe_dump(plays, sort_keys=False), encoding="utf-8")
     nowhere = f"http://127.0.0.1:{free_port()}"
-    env = {
-        "PATH": f"{VENV_BIN}:/usr/bin:/bin", "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
-        "ANSIBLE_COLLECTIONS_SCAN_SYS_PATH": "false", "ANSIBLE_PYTHON_INTERPRETER": str(VENV_BIN / "python"),
-        "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_LOCALHOST_WARNING": "false",
-        "CONTROLLER_HOST": nowhere, "CONTROLLER_OAUTH_TOKEN": "not-a-token",
-    }
-    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "localhost,", str(copy / "configure.yml"),
-                          "-e", f"@{settings}"], env=env, capture_output=True, text=True, timeout=600, check=False)
+    run = configure(tmp_path, copy / "configure.yml", settings, {"CONTROLLER_HOST": nowhere})
     assert run.returncode == 0, run.stdout + run.stderr
+    # Without eda_controller_url nothing is asked of an EDA controller.
+    assert re.search(r"TASK \[EDA controller \| the rulebook's project[^\n]*\n(?:\[[^\n]*\n)*skipping: \[localhost\]",
+                     run.stdout), run.stdout[-2000:]
     # Each awx.awx task (each loop item) got past its argument spec and stopped at the controller.
     results: dict[str, list[str]] = {name: [] for name in awx_tasks}
     current = None
@@ -169,8 +179,59 @@ def test_the_awx_awx_modules_accept_every_task_s_arguments(tmp_path: pathlib.Pat
         failure = re.match(r"^(?:fatal|failed): \[localhost\](?: \(item=.*?\))?(?:: FAILED!)? => (\{.*\})$", line)
         if failure and current in results:
             results[current].append(json.loads(failure.group(1))["msg"])
-    expected_items = {"Create the custom credential types": 2, "Create one job template per phase, with its survey": 6}
+    expected_items = {"Create the custom credential types": 2, "Create one job template per phase, with its survey": 7}
     for name, messages in results.items():
         assert len(messages) == expected_items.get(name, 1), f"{name}: {messages}\n{run.stdout[-4000:]}"
         for message in messages:
             assert "Connection refused" in message and nowhere in message, f"{name}: {message}"
+
+
+EDA_TASKS = "EDA controller | the rulebook's project, a decision environment and the activation"
+
+
+@pytest.fixture
+def eda_settings(tmp_path: pathlib.Path, settings: pathlib.Path) -> pathlib.Path:
+    """The settings above plus the EDA controller's, its address one nothing listens on."""
+    path = tmp_path / "eda-settings.json"
+    path.write_text(json.dumps({
+        **json.loads(settings.read_text(encoding="utf-8")),
+        "eda_controller_url": f"http://127.0.0.1:{free_port()}/", "eda_aap_credential": "awx launcher",
+        "eda_decision_environment_image": "registry.example:5000/selfhosted-registry-de:1",
+        "eda_heal_webhook_token": "webhook-" + secrets.token_urlsafe(16),
+    }), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["run", "check-mode"])
+def test_the_eda_controller_tasks_stop_at_the_first_request_and_show_no_token(
+    tmp_path: pathlib.Path, eda_settings: pathlib.Path, check: bool
+) -> None:
+    eda = json.loads(eda_settings.read_text(encoding="utf-8"))
+    token = "eda-" + secrets.token_urlsafe(16)
+    run = configure(tmp_path, AWX / "configure.yml", eda_settings, {"EDA_CONTROLLER_TOKEN": token},
+                    "--start-at-task", EDA_TASKS, "-vvv", *(["--check"] if check else []))
+    output = run.stdout + run.stderr
+    assert run.returncode == 2, output[-3000:]
+    # The inputs passed; the first request (a read, so check mode makes it too) found nothing listening.
+    url = eda["eda_controller_url"].rstrip("/") + "/api/eda/v1/organizations/?name=Default"
+    assert f"GET {url} (find the organization Default): no answer: Request failed: " in output, output[-3000:]
+    assert "Connection refused" in output
+    assert "TASK [EDA controller | find the project" not in output
+    for secret in (token, eda["eda_heal_webhook_token"]):
+        assert secret not in output
+
+
+@pytest.mark.parametrize("missing", ["eda_aap_credential", "eda_decision_environment_image", "eda_heal_webhook_token",
+                                     "token"])
+def test_the_eda_controller_inputs_are_checked_before_any_request(
+    tmp_path: pathlib.Path, eda_settings: pathlib.Path, missing: str
+) -> None:
+    eda = json.loads(eda_settings.read_text(encoding="utf-8"))
+    eda.pop(missing, None)
+    eda_settings.write_text(json.dumps(eda), encoding="utf-8")
+    env = {} if missing == "token" else {"EDA_CONTROLLER_TOKEN": "eda-" + secrets.token_urlsafe(16)}
+    run = configure(tmp_path, AWX / "configure.yml", eda_settings, env, "--start-at-task", EDA_TASKS)
+    assert run.returncode == 2, run.stdout[-3000:]
+    assert "TASK [EDA controller | check the inputs]" in run.stdout
+    assert "With eda_controller_url set, set the token (EDA_CONTROLLER_TOKEN" in run.stdout + run.stderr
+    assert "find the organization" not in run.stdout
