@@ -37,10 +37,15 @@ class Rulebook(Service):
         return f"http://127.0.0.1:{self.port}/endpoint"
 
 
-def start_rulebook(workdir: pathlib.Path, rulebook: str, inventory: pathlib.Path, token: str,
-                   env: t.Mapping[str, str]) -> Rulebook:
+def start_rulebook(workdir: pathlib.Path, rulebook: str, inventory: pathlib.Path | None, token: str,
+                   env: t.Mapping[str, str], *, controller_url: str = "",
+                   check_controller: bool = True) -> Rulebook:
     """ansible-rulebook -r ``rulebook`` -i ``inventory``, its webhook on a free port with bearer ``token``;
-    ``env`` adds to its environment (credentials, ANSIBLE_* settings), as a service's unit file would."""
+    ``env`` adds to its environment (credentials, ANSIBLE_* settings), as a service's unit file would.
+
+    With ``controller_url`` (the token comes from ``env``: EDA_CONTROLLER_TOKEN) it may launch job templates
+    there, one attempt per request; ``check_controller=False`` starts it without asking the controller for
+    its version first (rulebook_unchecked_controller.py), the only way to reach its rules without one."""
     port = free_port()
     variables = workdir / "heal-vars.yml"
     variables.write_text(yaml.safe_dump({"heal_webhook_host": "127.0.0.1", "heal_webhook_port": port,
@@ -48,10 +53,17 @@ def start_rulebook(workdir: pathlib.Path, rulebook: str, inventory: pathlib.Path
     variables.chmod(0o600)
     environment = {**os.environ, **env, "JAVA_HOME": JAVA_HOME,
                    "PATH": f"{EDA_BIN}:{TOP / '.venv' / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
+    program = ([str(EDA_BIN / "ansible-rulebook")] if check_controller
+               else [str(EDA_BIN / "python"), str(pathlib.Path(__file__).with_name("rulebook_unchecked_controller.py"))])
+    arguments = ["-r", rulebook, "--vars", str(variables), "-v"]
+    if inventory is not None:
+        arguments += ["-i", str(inventory)]
+    if controller_url:
+        arguments += ["--controller-url", controller_url, "--controller-retry-attempts", "1"]
     log_path = workdir / "rulebook.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [str(EDA_BIN / "ansible-rulebook"), "-r", rulebook, "-i", str(inventory), "--vars", str(variables), "-v"],
+            [*program, *arguments],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=environment,
             start_new_session=True)
     service = Rulebook("ansible-rulebook", process, log_path, port)
