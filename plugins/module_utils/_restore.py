@@ -354,18 +354,18 @@ class _Restorer:
                     self._would_place.add(item.digest)
                     return True
             return False
-        assert self.placer is not None
+        placer = t.cast(StoragePlacer, self.placer)  # set whenever not in check mode
         if self.reader.blob_state(item.digest, fresh=True) == "present":
             item.missing = "link"  # placed meanwhile for another repository, or by the registry
             return True
         try:
             if item.body is not None:
-                pending = self.placer.blob_file(item.digest)
+                pending = placer.blob_file(item.digest)
                 pending.write(item.body)
                 pending.commit()
                 return True
             for source in self.sources:
-                pending = self.placer.blob_file(item.digest)
+                pending = placer.blob_file(item.digest)
                 try:
                     if not _Collector(item, pending.write).take(source):
                         continue
@@ -382,9 +382,8 @@ class _Restorer:
         if self.check_mode:
             item.action = "would_" + ("link" if done == "linked" else "restore")
             return
-        assert self.placer is not None
         try:
-            self.placer.link(item.repository, item.digest, "revision" if item.kind == "manifest" else "layer")
+            t.cast(StoragePlacer, self.placer).link(item.repository, item.digest, "revision" if item.kind == "manifest" else "layer")
         except PlacementError as error:
             item.action = "not_placed"
             item.problems.append(str(error))
