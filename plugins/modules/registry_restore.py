@@ -234,7 +234,7 @@ lines:
   sample: ["infra-ci:latest: restored - 9 objects, digest sha256:1879... unchanged"]
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhosted.registry.plugins.module_utils._host_lock_options import HOST_LOCK_ARGUMENT_SPEC
 from ansible_collections.selfhosted.registry.plugins.module_utils._registry_client import RegistryError
@@ -284,7 +284,7 @@ def main() -> None:
         argument_spec=dict(
             storage_root=dict(type="path", required=True),
             images=dict(type="list", elements="str", default=[]),
-            registry_host=dict(type="str", fallback=(env_fallback, ["REGISTRY_HOST"])),
+            registry_host=dict(type="str"),
             sources=dict(type="list", elements="dict", default=[], options=SOURCE_SPEC),
             before_command=dict(type="list", elements="str", default=[]),
             after_command=dict(type="list", elements="str", default=[]),
