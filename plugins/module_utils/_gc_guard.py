@@ -344,7 +344,7 @@ def prove_same_storage(reader: StorageReader, options: GCOptions) -> str:
 def classify_failure(result: CommandResult) -> GCFailure:
     """Exit status 1 of garbage-collect means several things; tell them apart from its output."""
     text = result.stderr + "\n" + result.stdout
-    last = _last_error_line(text)
+    last = last_error_line(text)
     if "configuration error" in text:
         return GCFailure("configuration", f"the garbage collector rejected its configuration: {last}")
     match = re.search(r"Path not found: (\S*repositories)", text)
@@ -375,7 +375,7 @@ def classify_failure(result: CommandResult) -> GCFailure:
     return GCFailure("unknown", f"the garbage collector exited with status {result.returncode}: {last}")
 
 
-def _last_error_line(text: str) -> str:
+def last_error_line(text: str) -> str:
     for line in reversed(text.splitlines()):
         line = line.strip()
         if line and not line.startswith(("Usage:", "Flags:", "-", "registry garbage-collect")):
@@ -664,7 +664,7 @@ def _run_hook(argv: t.Sequence[str], which: str, options: GCOptions, outcome: GC
         _fail(outcome, "hook", f"the {which} command failed: {error}")
         return False
     if result.returncode != 0:
-        detail = _last_error_line(result.stderr + "\n" + result.stdout)
+        detail = last_error_line(result.stderr + "\n" + result.stdout)
         _fail(outcome, "hook", f"the {which} command exited with status {result.returncode}: {detail}")
         return False
     return True

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import time
 import typing as t
 
-from ._gc_guard import GCGuardError, GCInterrupted, SignalGuard, run_command
+from ._gc_guard import GCGuardError, GCInterrupted, SignalGuard, last_error_line, run_command
 from ._image_reference import ImageReferenceError, parse_image_reference
 from ._restore_sources import RestoreSource, SourceMiss
 from ._storage_placement import PlacementError, StoragePlacer
@@ -136,8 +135,10 @@ class RestoreOutcome:
 
     @property
     def rebuild(self) -> t.List[str]:
-        """The images no source could make whole: what the rebuild playbooks take, as they take it."""
-        return [image.reference for image in self.images if image.status in ("rebuild", "not_found")]
+        """The images no source could make whole: what the rebuild playbooks take, as they take it.
+
+        A tag the storage does not have, or whose link cannot be read, is not_found: never handed to a rebuild."""
+        return [image.reference for image in self.images if image.status == "rebuild"]
 
     def summary(self) -> t.Dict[str, int]:
         counts = {action: 0 for action in ("restored", "linked", "would_restore", "would_link", "unavailable", "not_placed")}
@@ -394,22 +395,24 @@ class _Restorer:
 # -- the run -----------------------------------------------------------------------------------------
 
 def _top_digest(reader: StorageReader, image: ImageRestore, tag: t.Optional[str], digest: t.Optional[str]) -> str:
+    """The digest the tag names, read through real directories only; "" (and not_found) when it cannot be read."""
     if digest:
         return digest
-    link = f"{reader.repositories_dir}/{image.repository}/_manifests/tags/{tag}/current/link"
-    for part in (f"{reader.repositories_dir}/{image.repository}", os.path.dirname(os.path.dirname(link)),
-                 os.path.dirname(link)):
-        problem = reader.directory_problem(part)
+    path = reader.repositories_dir
+    # Every directory on the way, the repository's own components included: none may be a symlink.
+    for part in image.repository.split("/") + ["_manifests", "tags", str(tag), "current"]:
+        path = f"{path}/{part}"
+        problem = reader.directory_problem(path)
         if problem:
-            image.status = "not_found"
-            image.message = (f"the storage has no tag {tag}; nothing to restore it to, rebuild it" if problem == "absent"
-                             else f"{reader.relative(part)} {problem}")
-            return ""
-    found, problem = reader.read_link(link)
-    if not found:
-        image.status = "not_found"
-        image.message = problem or f"the storage has no tag {tag}; nothing to restore it to, rebuild it"
-    return found
+            break
+    else:
+        found, problem = reader.read_link(f"{path}/link")
+        if found:
+            return found
+    image.status = "not_found"
+    image.message = (f"{reader.relative(path)} {problem}" if problem and problem != "absent"
+                     else f"the storage has no tag {tag}; check the name")
+    return ""
 
 
 def _images(reader: StorageReader, options: RestoreOptions) -> t.List[t.Tuple[ImageRestore, str]]:
@@ -507,8 +510,8 @@ def _hook(argv: t.Sequence[str], which: str, options: RestoreOptions, outcome: R
     else:
         if result.returncode == 0:
             return True
-        detail = (result.stderr or result.stdout or "").strip().splitlines()
-        message = f"the {which} command exited with status {result.returncode}" + (f": {detail[-1]}" if detail else "")
+        detail = last_error_line(result.stderr + "\n" + result.stdout)
+        message = f"the {which} command exited with status {result.returncode}: {detail}"
     if outcome.failed:
         outcome.warnings.append(message)
     else:

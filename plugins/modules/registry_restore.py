@@ -169,7 +169,8 @@ RETURN = r"""
 images:
   description: >-
     One entry per image. C(status) is C(complete) (nothing was missing), C(restored), C(would_restore) (check mode),
-    C(rebuild) (some object no source had; listed in RV(rebuild)) or C(not_found) (the storage has no such tag).
+    C(rebuild) (some object no source had; listed in RV(rebuild)) or C(not_found) (the storage has no such tag, or its
+    link cannot be read; never listed in RV(rebuild), so a mistyped name never starts one).
     C(digest) is the image's top manifest digest, the same before and after. C(objects) are the digests of the
     missing objects it needed.
   returned: always

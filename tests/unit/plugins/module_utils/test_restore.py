@@ -209,8 +209,20 @@ def test_a_bad_reference_is_one_sentence(tmp_path):
         run_restore(_options(incident, images=("infra-ci:bad tag",)), [])
 
 
-def test_a_missing_tag_is_listed_for_a_rebuild(tmp_path):
+def test_a_missing_tag_is_not_found_and_never_handed_to_a_rebuild(tmp_path):
     incident = _incident(tmp_path)
     outcome = run_restore(_options(incident, images=("infra-ci:gone",)), [], Runner())
-    assert outcome.rebuild == ["infra-ci:gone"]
-    assert outcome.images[0].message == "the storage has no tag gone; nothing to restore it to, rebuild it"
+    assert outcome.rebuild == []
+    assert [image.status for image in outcome.images] == ["not_found"]
+    assert outcome.images[0].message == "the storage has no tag gone; check the name"
+
+
+def test_a_symlinked_repository_is_never_followed_to_a_tag(tmp_path):
+    incident = _incident(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(incident.target.repo_dir("infra-ci"), elsewhere)
+    os.symlink(elsewhere, incident.target.repo_dir("infra-ci"))
+    outcome = run_restore(_options(incident), [StorageSource(incident.backup.root)], Runner())
+    assert [image.status for image in outcome.images] == ["not_found"] and outcome.rebuild == []
+    assert outcome.images[0].message == "repositories/infra-ci is a symbolic link (not followed)"
+    assert outcome.objects == []
